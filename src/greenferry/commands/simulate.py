@@ -1,0 +1,81 @@
+"""``greenferry simulate``: compare orchestration policies on a scenario's traces."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from greenferry.core.forecast import FORECAST_KINDS
+from greenferry.errors import ConfigError
+from greenferry.sim.runner import ORACLE, compare
+from greenferry.sim.scenario import load_scenario
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``simulate`` command."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "simulate", help="compare orchestration policies on a scenario's traces"
+    )
+    parser.add_argument(
+        "--scenario", default="paper", help="built-in scenario name or TOML file (default: paper)"
+    )
+    parser.add_argument("--policies", help="comma-separated policy names (default: all, oracle included)")
+    parser.add_argument("--seeds", type=int, default=1, help="number of seeds (job mixes) to average over")
+    parser.add_argument("--forecast", choices=FORECAST_KINDS, help="override the scenario's forecast")
+    parser.add_argument("--out", type=Path, help="output directory (default: out/<scenario>)")
+    parser.add_argument(
+        "--json", action="store_true", help="print summary.json to stdout instead of the table"
+    )
+    parser.add_argument(
+        "--no-plots", action="store_true", help="skip the PNG plots and their part of the report"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the comparison, write the outputs, print the table (or JSON)."""
+    from greenferry.sim.report import comparison_table, summary_dict, write_outputs
+
+    spec, base = load_scenario(args.scenario)
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()] if args.policies else None
+    if policies is not None and not policies:
+        raise ConfigError("--policies names no policy")
+    if args.seeds < 1 or args.seeds > 1000:
+        raise ConfigError(f"--seeds must be between 1 and 1000, got {args.seeds}")
+    n_tasks = args.seeds * (len(policies) if policies else 7)
+    if policies is not None and ORACLE not in policies:
+        n_tasks += args.seeds  # the oracle bound is computed for ratio_to_oracle anyway
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=args.json or not console.is_terminal,
+    ) as bar:
+        task = bar.add_task(f"simulating {spec.name}", total=n_tasks)
+
+        def advance(label: str) -> None:
+            bar.update(task, advance=1, description=f"{spec.name}: {label}")
+
+        comparison = compare(spec, base, policies, args.seeds, forecast=args.forecast, progress=advance)
+    comparison.extra["command"] = "greenferry " + shlex.join(
+        sys.argv[1:] if sys.argv[0].endswith("greenferry") else []
+    )
+    out = args.out or Path("out") / spec.name
+    paths = write_outputs(comparison, out, plots=not args.no_plots)
+    if args.json:
+        print(json.dumps(summary_dict(comparison), indent=2, allow_nan=False))
+        return 0
+    Console().print(comparison_table(comparison))
+    Console().print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0

@@ -1,0 +1,119 @@
+"""Surplus forecasts over a policy's horizon, built from what a node has observed so far.
+
+Every forecaster works at decision-epoch resolution on an array of past (and, for the perfect one,
+future) epoch means. They are pure functions of their inputs, so the daemon can feed them its live
+history and the simulator its traces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
+ForecastKind = Literal["perfect", "persistence", "same-time-yesterday", "noisy"]
+FORECAST_KINDS: tuple[ForecastKind, ...] = ("perfect", "persistence", "same-time-yesterday", "noisy")
+
+DAY_S = 86_400.0
+
+
+class Forecaster(Protocol):
+    """Gives the surplus forecast (S, H) for the epochs starting at ``epoch``."""
+
+    def forecast(self, epoch: int, measured_now_w: FloatArray, horizon_epochs: int) -> FloatArray:
+        """Forecast mean surplus (W) per site for epochs ``epoch .. epoch + horizon_epochs - 1``."""
+        ...
+
+
+def _window(series_w: FloatArray, start: int, length: int) -> FloatArray:
+    """Columns ``start .. start + length - 1`` of ``series_w``; zero surplus past either end."""
+    n_sites, n_epochs = series_w.shape
+    out = np.zeros((n_sites, length))
+    lo, hi = max(start, 0), min(start + length, n_epochs)
+    if hi > lo:
+        out[:, lo - start : hi - start] = series_w[:, lo:hi]
+    return out
+
+
+@dataclass
+class PerfectForecast:
+    """The actual future: the upper bound on what any forecast can tell a policy."""
+
+    epoch_surplus_w: FloatArray  # (S, E) actual epoch means
+
+    def forecast(self, epoch: int, measured_now_w: FloatArray, horizon_epochs: int) -> FloatArray:
+        """Return the true epoch means ahead (zero past the end of the trace)."""
+        return _window(self.epoch_surplus_w, epoch, horizon_epochs)
+
+
+@dataclass
+class PersistenceForecast:
+    """Tomorrow looks like now: the surplus measured now, held over the whole horizon."""
+
+    def forecast(self, epoch: int, measured_now_w: FloatArray, horizon_epochs: int) -> FloatArray:
+        """Repeat the current measurement."""
+        return np.repeat(measured_now_w[:, None], horizon_epochs, axis=1)
+
+
+@dataclass
+class SameTimeYesterdayForecast:
+    """Each epoch ahead looks like the same epoch one day earlier (persistence before a day of history)."""
+
+    epoch_surplus_w: FloatArray  # (S, E) observed epoch means; only the past is read
+    epoch_s: float
+
+    def forecast(self, epoch: int, measured_now_w: FloatArray, horizon_epochs: int) -> FloatArray:
+        """Return the observed surplus one day earlier, falling back to persistence where there is none."""
+        day_epochs = max(1, round(DAY_S / self.epoch_s))
+        out = np.repeat(measured_now_w[:, None], horizon_epochs, axis=1)
+        for k0 in range(0, horizon_epochs, day_epochs):
+            # Epochs k0.. ahead come from the last day seen before ``epoch`` (never from the future).
+            src = epoch + k0 - day_epochs * (1 + k0 // day_epochs)
+            length = min(day_epochs, horizon_epochs - k0)
+            if src >= 0:
+                out[:, k0 : k0 + length] = _window(self.epoch_surplus_w, src, length)
+        return out
+
+
+@dataclass
+class NoisyForecast:
+    """The actual future with seeded multiplicative error growing with lead time.
+
+    The relative error at lead ``k`` epochs has standard deviation ``sigma * sqrt(lead_h)``, capped at
+    ``3 * sigma``; errors are correlated along the horizon (a random walk), as real forecast errors are.
+    """
+
+    epoch_surplus_w: FloatArray
+    epoch_s: float
+    sigma: float
+    seed: int
+
+    def forecast(self, epoch: int, measured_now_w: FloatArray, horizon_epochs: int) -> FloatArray:
+        """Return the perturbed future; the same (seed, epoch) always gives the same forecast."""
+        truth = _window(self.epoch_surplus_w, epoch, horizon_epochs)
+        rng = np.random.default_rng((self.seed, epoch))
+        step_sigma = self.sigma * np.sqrt(self.epoch_s / 3600.0)
+        walk = np.cumsum(rng.normal(0.0, step_sigma, size=truth.shape), axis=1)
+        walk = np.clip(walk, -3 * self.sigma, 3 * self.sigma)
+        out = truth * (1.0 + walk)
+        out[:, 0] = measured_now_w
+        return np.maximum(out, 0.0)
+
+
+def make_forecaster(
+    kind: ForecastKind, epoch_surplus_w: FloatArray, epoch_s: float, *, sigma: float = 0.2, seed: int = 0
+) -> Forecaster:
+    """Build a forecaster by name over an (S, E) array of epoch-mean surplus."""
+    if kind == "perfect":
+        return PerfectForecast(epoch_surplus_w)
+    if kind == "persistence":
+        return PersistenceForecast()
+    if kind == "same-time-yesterday":
+        return SameTimeYesterdayForecast(epoch_surplus_w, epoch_s)
+    if kind == "noisy":
+        return NoisyForecast(epoch_surplus_w, epoch_s, sigma, seed)
+    raise ValueError(f"unknown forecast kind {kind!r}; known: {', '.join(FORECAST_KINDS)}")

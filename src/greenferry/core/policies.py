@@ -1,0 +1,253 @@
+"""The built-in orchestration policies, registered by name.
+
+- ``static``: the job stays where it was placed; the grid fills any gap.
+- ``pause-when-dirty``: temporal shifting; run only while the current site's surplus covers the job.
+- ``energy-greedy``: the paper's purely energy-driven baseline; always host the job where the surplus
+  left for it is largest now, with no window check and no dwell time.
+- ``energy-greedy-uncovered``: the same, but move only when the current site cannot cover the job, and
+  only to a site that can.
+- ``feasibility-aware``: the paper's rule; a move must fit in ``alpha`` of the destination's forecast
+  window and pay back its energy; stay while the current site stays covered over a dwell horizon;
+  minimum dwell after a move; one transfer per link at a time.
+- ``lookahead``: greenferry's default; receding-horizon planning over the forecast (see core/lookahead).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from greenferry.core.feasibility import migration_energy_j, migration_time_s
+from greenferry.core.lookahead import STAY, MigrationCosts, Plan, migration_costs, plan_placement
+from greenferry.core.policy import ClusterView, Decision, JobView, covered_run_epochs, register_policy
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def _free_targets(
+    view: ClusterView, job: JobView, free_slots: npt.NDArray[np.int64]
+) -> npt.NDArray[np.bool_]:
+    """Sites the job could move to now: another site, linked, with a free GPU slot."""
+    ok = (view.bandwidth_bps[job.site] > 0) & (free_slots > 0)
+    ok[job.site] = False
+    return np.asarray(ok, dtype=np.bool_)
+
+
+@dataclass
+class Static:
+    """Never move, never pause."""
+
+    name: str = "static"
+
+    def decide(self, now_s: float, view: ClusterView) -> dict[int, Decision]:
+        """Run every job where it is."""
+        return {job.job_id: Decision.run() for job in view.jobs}
+
+
+@dataclass
+class PauseWhenDirty:
+    """Run only while the current site's surplus covers the job; pause otherwise."""
+
+    name: str = "pause-when-dirty"
+
+    def decide(self, now_s: float, view: ClusterView) -> dict[int, Decision]:
+        """Pause jobs whose site cannot cover them now; resume the others."""
+        out: dict[int, Decision] = {}
+        for job in view.jobs:
+            covered = view.headroom_w(job)[job.site] >= job.power_w
+            out[job.job_id] = Decision.run() if covered else Decision.pause()
+        return out
+
+
+@dataclass
+class EnergyGreedy:
+    """Follow the largest surplus now: no window check, no dwell.
+
+    With ``only_when_uncovered`` the job moves only when its site cannot cover it, and only to a site
+    that can.
+    """
+
+    only_when_uncovered: bool = False
+    name: str = "energy-greedy"
+
+    def __post_init__(self) -> None:
+        if self.only_when_uncovered:
+            self.name = "energy-greedy-uncovered"
+
+    def decide(self, now_s: float, view: ClusterView) -> dict[int, Decision]:
+        """Move each job to the site with the most surplus left for it, if that beats staying."""
+        out: dict[int, Decision] = {}
+        free = view.free_slots.copy()
+        for job in view.jobs:
+            headroom = view.headroom_w(job)
+            out[job.job_id] = Decision.run()
+            if self.only_when_uncovered and headroom[job.site] >= job.power_w:
+                continue
+            targets = _free_targets(view, job, free)
+            if not targets.any():
+                continue
+            dst = int(np.argmax(np.where(targets, headroom, -np.inf)))
+            better = headroom[dst] > headroom[job.site]
+            if self.only_when_uncovered:
+                better = better and headroom[dst] >= job.power_w
+            if better:
+                out[job.job_id] = Decision.migrate(dst)
+                free[dst] -= 1
+        return out
+
+
+@dataclass
+class FeasibilityAware:
+    """The paper's feasibility-aware rule, implemented as described.
+
+    Args:
+        min_dwell_s: no move within this long after the last one landed (hysteresis).
+        dwell_horizon_s: stay if the current site's forecast covers the job this long.
+    """
+
+    min_dwell_s: float = 3600.0
+    dwell_horizon_s: float = 3600.0
+    name: str = "feasibility-aware"
+
+    def decide(self, now_s: float, view: ClusterView) -> dict[int, Decision]:
+        """Move a job only to a site whose forecast window passes the time and energy checks."""
+        out: dict[int, Decision] = {}
+        busy = view.link_busy.copy()
+        free = view.free_slots.copy()
+        dwell_epochs = max(1, math.ceil(self.dwell_horizon_s / view.epoch_s - 1e-9))
+        for job in view.jobs:
+            out[job.job_id] = Decision.run()
+            if job.since_migration_s < self.min_dwell_s:
+                continue
+            covered = view.forecast_headroom_w(job) >= job.power_w
+            covered[:, 0] &= view.headroom_w(job) >= job.power_w
+            window_s = covered_run_epochs(covered) * view.epoch_s
+            here = job.site
+            if window_s[here] >= dwell_epochs * view.epoch_s:
+                continue
+            targets = _free_targets(view, job, free) & ~busy[here] & (window_s > 0)
+            if not targets.any():
+                continue
+            bw = np.where(targets, view.bandwidth_bps[here], 1.0)
+            p = job.params
+            t_mig = np.asarray(migration_time_s(job.checkpoint_bytes, bw, p), dtype=np.float64)
+            e_mig = np.asarray(migration_energy_j(job.checkpoint_bytes, bw, p), dtype=np.float64)
+            gain_j = job.power_w * (window_s - t_mig) - e_mig
+            ok = targets & (t_mig <= p.alpha * window_s) & (gain_j > 0)
+            ok &= gain_j > job.power_w * window_s[here]
+            if ok.any():
+                dst = int(np.argmax(np.where(ok, gain_j, -np.inf)))
+                out[job.job_id] = Decision.migrate(dst)
+                busy[here, dst] = busy[dst, here] = True
+                free[dst] -= 1
+        return out
+
+
+@dataclass
+class _JobPlan:
+    plan: Plan
+    made_s: float
+    costs: MigrationCosts
+    assumed_cover: npt.NDArray[np.bool_]  # (H,) whether the plan expected its site covered per epoch
+
+
+@dataclass
+class Lookahead:
+    """Receding-horizon placement: plan over the forecast, apply the first step, re-plan.
+
+    Re-plans every ``replan_interval_s``, whenever the job is not where its plan expects it, and when the
+    measured surplus at its site contradicts the plan's forecast for the current epoch.
+
+    Args:
+        horizon_s: planning horizon.
+        replan_interval_s: longest time a plan is followed without re-planning.
+        min_dwell_s: no new move within this long after the last one landed (against thrashing on
+            forecast noise; the plan itself already prices every move).
+    """
+
+    horizon_s: float = 86_400.0
+    replan_interval_s: float = 3600.0
+    min_dwell_s: float = 0.0
+    name: str = "lookahead"
+    _plans: dict[int, _JobPlan] = field(default_factory=dict, repr=False)
+
+    def _needs_replan(self, now_s: float, job: JobView, view: ClusterView, entry: _JobPlan | None) -> bool:
+        if entry is None or now_s - entry.made_s >= self.replan_interval_s - 1e-6:
+            return True
+        k = entry.plan.epoch_index(now_s)
+        if k < 0 or k >= entry.plan.sites.size or entry.plan.sites[k] != job.site:
+            return True
+        # The plan counted on this epoch being covered (or not): re-plan if the measurement disagrees.
+        measured_cover = bool(view.headroom_w(job)[job.site] >= job.power_w)
+        return measured_cover != bool(entry.assumed_cover[k])
+
+    def _replan(
+        self, now_s: float, job: JobView, view: ClusterView, busy_from: npt.NDArray[np.bool_]
+    ) -> _JobPlan:
+        horizon = max(1, round(self.horizon_s / view.epoch_s))
+        horizon = min(horizon, view.forecast_surplus_w.shape[1])
+        remaining = max(1, math.ceil(job.remaining_work_s / view.epoch_s - 1e-9))
+        headroom = view.forecast_headroom_w(job)[:, : min(horizon, remaining)].copy()
+        headroom[:, 0] = view.headroom_w(job)
+        cached = self._plans.get(job.job_id)
+        costs = cached.costs if cached is not None else None
+        if costs is None:
+            costs = migration_costs(job.checkpoint_bytes, view.bandwidth_bps, job.params, view.epoch_s)
+        plan = plan_placement(
+            job.site, job.power_w, headroom, costs, view.epoch_s, start_s=now_s, departure_allowed=busy_from
+        )
+        on_site = plan.sites >= 0
+        assumed = np.zeros(plan.sites.size, dtype=np.bool_)
+        epochs = np.flatnonzero(on_site)
+        assumed[epochs] = headroom[plan.sites[epochs], epochs] >= job.power_w
+        entry = _JobPlan(plan, now_s, costs, assumed)
+        self._plans[job.job_id] = entry
+        return entry
+
+    def decide(self, now_s: float, view: ClusterView) -> dict[int, Decision]:
+        """Follow (or refresh) each job's plan; at most one departure per link per epoch."""
+        out: dict[int, Decision] = {}
+        busy = view.link_busy.copy()
+        free = view.free_slots.copy()
+        live = {job.job_id for job in view.jobs}
+        for stale in set(self._plans) - live:
+            del self._plans[stale]
+        for job in view.jobs:
+            out[job.job_id] = Decision.run()
+            entry = self._plans.get(job.job_id)
+            if entry is None or self._needs_replan(now_s, job, view, entry):
+                targets_ok = ~busy[job.site] & (free > 0)
+                departure_allowed = np.zeros(view.n_sites, dtype=np.bool_)
+                departure_allowed[job.site] = targets_ok.any()
+                entry = self._replan(now_s, job, view, departure_allowed)
+            k = entry.plan.epoch_index(now_s)
+            dst = int(entry.plan.moves[k]) if 0 <= k < entry.plan.moves.size else STAY
+            if dst == STAY or job.since_migration_s < self.min_dwell_s:
+                continue
+            if busy[job.site, dst] or free[dst] <= 0:
+                del self._plans[job.job_id]  # the plan is not executable now; re-plan next epoch
+                continue
+            out[job.job_id] = Decision.migrate(dst)
+            busy[job.site, dst] = busy[dst, job.site] = True
+            free[dst] -= 1
+        return out
+
+
+register_policy("static", Static)
+register_policy("pause-when-dirty", PauseWhenDirty)
+register_policy("energy-greedy", EnergyGreedy)
+register_policy("energy-greedy-uncovered", lambda: EnergyGreedy(only_when_uncovered=True))
+register_policy("feasibility-aware", FeasibilityAware)
+register_policy("lookahead", Lookahead)
+
+ONLINE_POLICIES: tuple[str, ...] = (
+    "static",
+    "pause-when-dirty",
+    "energy-greedy",
+    "energy-greedy-uncovered",
+    "feasibility-aware",
+    "lookahead",
+)

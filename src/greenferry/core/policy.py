@@ -1,0 +1,163 @@
+"""What an orchestration policy sees and decides; shared by the simulator and the node daemon.
+
+A policy is asked at each decision epoch, ``decide(now_s, view)``, and answers for every job that is not
+in flight. The view carries plain numpy arrays so that the simulator (recorded traces) and the daemon
+(live MQTT signals) build it the same way. Policies never read a clock: ``now_s`` is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from greenferry.core.feasibility import MigrationParams
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+class Action(Enum):
+    """What a job should do until the next decision epoch."""
+
+    RUN = "run"  # run (or resume) at its current site
+    PAUSE = "pause"  # stop drawing power; keep its checkpoint at the current site
+    MIGRATE = "migrate"  # checkpoint, ship to ``dst_site``, restore there
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A policy's answer for one job."""
+
+    action: Action
+    dst_site: int = -1
+
+    @staticmethod
+    def run() -> Decision:
+        """Keep (or resume) running where the job is."""
+        return _RUN
+
+    @staticmethod
+    def pause() -> Decision:
+        """Pause the job where it is."""
+        return _PAUSE
+
+    @staticmethod
+    def migrate(dst_site: int) -> Decision:
+        """Move the job to site index ``dst_site``."""
+        return Decision(Action.MIGRATE, dst_site)
+
+
+_RUN = Decision(Action.RUN)
+_PAUSE = Decision(Action.PAUSE)
+
+
+@dataclass(slots=True)
+class JobView:
+    """One job as a policy sees it. Powers include the job's share of host power."""
+
+    job_id: int
+    site: int  # index of the hosting site
+    running: bool  # False when paused
+    power_w: float
+    checkpoint_bytes: float
+    remaining_work_s: float  # compute time still needed at full speed
+    since_migration_s: float  # time since its last migration landed (inf if never moved)
+    params: MigrationParams  # migration parameters with this job's power
+
+
+@dataclass
+class ClusterView:
+    """The state of every site at one decision epoch.
+
+    ``forecast_surplus_w[s, k]`` is the forecast mean surplus of site ``s`` over epoch ``k`` from now
+    (``k = 0`` is the epoch starting now), each ``epoch_s`` long; it is computed on first use, so policies
+    that ignore forecasts cost nothing. ``site_load_w`` is the power greenferry's own jobs (running or
+    migrating) draw at each site now.
+    """
+
+    now_s: float
+    epoch_s: float
+    surplus_w: FloatArray  # (S,) measured surplus now
+    forecast_fn: Callable[[], FloatArray]  # returns (S, H)
+    site_load_w: FloatArray  # (S,)
+    free_slots: IntArray  # (S,)
+    bandwidth_bps: FloatArray  # (S, S); 0 where there is no link
+    link_busy: npt.NDArray[np.bool_]  # (S, S) True while a transfer occupies the link
+    jobs: list[JobView] = field(default_factory=list)
+    _forecast: FloatArray | None = field(default=None, repr=False)
+
+    @property
+    def forecast_surplus_w(self) -> FloatArray:
+        """Forecast surplus (S, H), computed once per view."""
+        if self._forecast is None:
+            self._forecast = self.forecast_fn()
+        return self._forecast
+
+    @property
+    def n_sites(self) -> int:
+        """Number of sites."""
+        return int(self.surplus_w.shape[0])
+
+    def headroom_w(self, job: JobView) -> FloatArray:
+        """Surplus left for ``job`` at each site now, after greenferry's other load there."""
+        headroom = self.surplus_w - self.site_load_w
+        headroom[job.site] += job.power_w if job.running else 0.0
+        return headroom
+
+    def forecast_headroom_w(self, job: JobView) -> FloatArray:
+        """Forecast surplus left for ``job`` per site and epoch, assuming the other load stays put."""
+        other = self.site_load_w.copy()
+        if job.running:
+            other[job.site] -= job.power_w
+        return self.forecast_surplus_w - other[:, None]
+
+
+def covered_run_epochs(covered: npt.NDArray[np.bool_]) -> IntArray:
+    """Length, in epochs, of the run of True at the start of each row (the window still ahead)."""
+    n_epochs = covered.shape[1]
+    first_gap = np.argmin(covered, axis=1)
+    runs: IntArray = np.where(covered.all(axis=1), n_epochs, first_gap).astype(np.int64)
+    return runs
+
+
+class Policy(Protocol):
+    """An orchestration policy. Stateful policies keep per-job memory keyed by ``job_id``."""
+
+    name: str
+
+    def decide(self, now_s: float, view: ClusterView) -> dict[int, Decision]:
+        """Return a decision per job in ``view.jobs`` (jobs left out keep running where they are)."""
+        ...
+
+
+PolicyFactory = Callable[[], Policy]
+_REGISTRY: dict[str, PolicyFactory] = {}
+
+
+def register_policy(name: str, factory: PolicyFactory) -> None:
+    """Make a policy available by name to the simulator, the daemon config and the CLI."""
+    if name in _REGISTRY:
+        raise ValueError(f"policy {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def policy_names() -> list[str]:
+    """Names of every registered policy, in registration order."""
+    import greenferry.core.policies  # noqa: F401  (registers the built-in policies)
+
+    return list(_REGISTRY)
+
+
+def make_policy(name: str) -> Policy:
+    """Build a fresh policy instance by name."""
+    names = policy_names()
+    if name not in _REGISTRY:
+        from greenferry.errors import ConfigError
+
+        raise ConfigError(f"unknown policy {name!r}; known policies: {', '.join(names)}")
+    return _REGISTRY[name]()

@@ -1,0 +1,453 @@
+"""The simulation engine: drives a core/ policy over a world of sites and jobs with a virtual clock.
+
+Time is discrete (the traces' step, e.g. 5 min). The policy is asked at every decision epoch (a whole
+number of steps); between epochs each job's load is laid onto a per-site load array with slice additions,
+and energy is settled once at the end: ``nonrenewable = max(0, load - surplus)`` per site and step. So the
+cost of a run grows with the number of epochs with live jobs, not with sites x steps.
+
+The migration model is the one the oracle optimises (core/oracle.py): a migration occupies
+``ceil(T_mig / step)`` whole steps with no progress; its source and destination draw its energy terms
+spread evenly over those steps; the network energy ``e_net * S`` is always non-renewable. A migration that
+lands where the surplus no longer covers the site's load has landed after the window closed: failed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import numpy.typing as npt
+
+from greenferry.core.feasibility import MigrationParams
+from greenferry.core.forecast import Forecaster
+from greenferry.core.lookahead import MigrationCosts, migration_costs
+from greenferry.core.policy import Action, ClusterView, JobView, Policy
+from greenferry.sim.results import JobState, MigrationRecord, RunResult
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+J_PER_KWH = 3.6e6
+
+
+@dataclass(frozen=True)
+class SiteModel:
+    """A micro-datacenter: its renewable surplus over time, its grid's carbon intensity, its GPU slots."""
+
+    name: str
+    surplus_w: FloatArray  # (T,)
+    carbon_g_per_kwh: FloatArray  # (T,)
+    gpu_slots: int
+
+
+@dataclass(frozen=True)
+class JobModel:
+    """A training job: where and when it arrives and how much running it needs."""
+
+    job_id: int
+    arrival_step: int
+    work_steps: int
+    power_w: float  # GPU training power plus its host share
+    checkpoint_bytes: float
+    home_site: int
+    profile: str = ""
+
+
+@dataclass(frozen=True)
+class World:
+    """Everything a run needs except the policy and the forecaster."""
+
+    name: str
+    start_s: float
+    step_s: float
+    n_steps: int
+    sites: tuple[SiteModel, ...]
+    bandwidth_bps: FloatArray  # (S, S)
+    jobs: tuple[JobModel, ...]
+    params: MigrationParams
+    epoch_steps: int = 1
+    isolated: bool = False  # every job has the sites to itself (the paper's single-job setting)
+
+    @cached_property
+    def surplus_w(self) -> FloatArray:
+        """(S, T) surplus of every site."""
+        return np.vstack([site.surplus_w for site in self.sites])
+
+    @cached_property
+    def carbon_g_per_kwh(self) -> FloatArray:
+        """(S, T) carbon intensity of every site's grid."""
+        return np.vstack([site.carbon_g_per_kwh for site in self.sites])
+
+    @cached_property
+    def epoch_surplus_w(self) -> FloatArray:
+        """(S, E) mean surplus over each decision epoch."""
+        k = self.epoch_steps
+        n_epochs = math.ceil(self.n_steps / k)
+        padded = np.zeros((len(self.sites), n_epochs * k))
+        padded[:, : self.n_steps] = self.surplus_w
+        sums = padded.reshape(len(self.sites), n_epochs, k).sum(axis=2)
+        counts = np.full(n_epochs, float(k))
+        counts[-1] = self.n_steps - (n_epochs - 1) * k
+        means: FloatArray = sums / counts
+        return means
+
+    @property
+    def epoch_s(self) -> float:
+        """Length of a decision epoch (s)."""
+        return self.step_s * self.epoch_steps
+
+    def job_params(self, job: JobModel) -> MigrationParams:
+        """Migration parameters with this job's power."""
+        return self.params.model_copy(update={"job_power_w": job.power_w})
+
+    def job_migration_costs(self, job: JobModel) -> MigrationCosts:
+        """Migration durations in steps and energy split, for every pair of sites."""
+        return migration_costs(job.checkpoint_bytes, self.bandwidth_bps, self.job_params(job), self.step_s)
+
+    def times_s(self) -> FloatArray:
+        """Start of every step (UTC epoch s)."""
+        return self.start_s + self.step_s * np.arange(self.n_steps, dtype=np.float64)
+
+
+PENDING, RUNNING, PAUSED, MIGRATING, DONE = 0, 1, 2, 3, 4
+
+
+@dataclass
+class _Job:
+    model: JobModel
+    params: MigrationParams
+    costs: MigrationCosts
+    status: int = PENDING
+    site: int = -1
+    work_left: int = 0
+    mig_src: int = -1
+    mig_dst: int = -1
+    mig_end: int = 0
+    mig_src_w: float = 0.0
+    mig_dst_w: float = 0.0
+    last_land: int | None = None
+    completion: int | None = None
+    migration_steps: int = 0
+
+
+@dataclass
+class _Timeline:
+    job_state: npt.NDArray[np.int8]
+    job_site: npt.NDArray[np.int16]
+
+    def mark(self, j: int, a: int, b: int, state: JobState, site: int) -> None:
+        self.job_state[j, a:b] = state
+        self.job_site[j, a:b] = site
+
+
+@dataclass
+class Engine:
+    """Runs one policy over one world.
+
+    Args:
+        world: sites, links, jobs and migration parameters.
+        forecaster: what the policy is told about the future.
+        keep_timeline: keep the (J, T) placement arrays in the result (reports need them for one seed).
+    """
+
+    world: World
+    forecaster: Forecaster
+    keep_timeline: bool = True
+    _jobs: list[_Job] = field(default_factory=list, init=False)
+    _load: FloatArray = field(default_factory=lambda: np.zeros((0, 0)), init=False)
+    _isolated_j: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0], init=False)
+
+    def run(self, policy: Policy, seed: int = 0) -> RunResult:
+        """Simulate the whole world under ``policy`` and return the run's record and metrics."""
+        w = self.world
+        n_sites, n_steps, k = len(w.sites), w.n_steps, w.epoch_steps
+        surplus = w.surplus_w
+        load = np.zeros((n_sites, n_steps))
+        self._load = load
+        self._isolated_j = [0.0, 0.0, 0.0]  # non-renewable J, renewable J, CO2 g (isolated worlds only)
+        timeline = _Timeline(
+            np.zeros((len(w.jobs), n_steps), dtype=np.int8),
+            np.full((len(w.jobs), n_steps), -1, dtype=np.int16),
+        )
+        jobs = [_Job(job, w.job_params(job), w.job_migration_costs(job)) for job in w.jobs]
+        self._jobs = jobs
+        migrations: list[tuple[_Job, int, int, int, int, FloatArray]] = []
+        slots = np.array([site.gpu_slots for site in w.sites], dtype=np.int64)
+        arrivals = sorted(range(len(jobs)), key=lambda j: jobs[j].model.arrival_step)
+        next_arrival = 0
+        active: list[int] = []
+        n_epochs = math.ceil(n_steps / k)
+        epoch = 0
+        while epoch < n_epochs:
+            t0 = epoch * k
+            t1 = min(t0 + k, n_steps)
+            if not active:
+                if next_arrival >= len(arrivals):
+                    break
+                first = jobs[arrivals[next_arrival]].model.arrival_step
+                if first >= t1:
+                    epoch = first // k
+                    continue
+            while next_arrival < len(arrivals) and jobs[arrivals[next_arrival]].model.arrival_step < t1:
+                job = jobs[arrivals[next_arrival]]
+                job.status, job.site, job.work_left = RUNNING, job.model.home_site, job.model.work_steps
+                active.append(arrivals[next_arrival])
+                next_arrival += 1
+            asked = [
+                j for j in active if jobs[j].status in (RUNNING, PAUSED) and jobs[j].model.arrival_step <= t0
+            ]
+            # In an isolated world each job is alone at every site, so each gets a view of its own.
+            groups = [[j] for j in asked] if w.isolated else [asked] if asked else []
+            for group in groups:
+                view = self._view(epoch, t0, group if w.isolated else active, group, surplus, slots)
+                decisions = policy.decide(view.now_s, view)
+                for j in group:
+                    decision = decisions.get(jobs[j].model.job_id)
+                    if decision is not None:
+                        self._apply(jobs[j], decision.action, decision.dst_site, t0, view, migrations)
+            for j in active:
+                self._advance(j, jobs[j], max(t0, jobs[j].model.arrival_step), t1, load, timeline)
+            active = [j for j in active if jobs[j].status != DONE]
+            epoch += 1
+        return self._result(policy.name, seed, load, timeline, migrations)
+
+    def _view(
+        self, epoch: int, t0: int, active: list[int], asked: list[int], surplus: FloatArray, slots: IntArray
+    ) -> ClusterView:
+        w, jobs = self.world, self._jobs
+        n_sites = len(w.sites)
+        site_load = np.zeros(n_sites)
+        hosted = np.zeros(n_sites, dtype=np.int64)
+        busy = np.zeros((n_sites, n_sites), dtype=np.bool_)
+        for j in active:
+            job = jobs[j]
+            if job.status == RUNNING:
+                site_load[job.site] += job.model.power_w
+                hosted[job.site] += 1
+            elif job.status == PAUSED:
+                hosted[job.site] += 1
+            elif job.status == MIGRATING:
+                site_load[job.mig_src] += job.mig_src_w
+                site_load[job.mig_dst] += job.mig_dst_w
+                hosted[job.mig_src] += 1
+                hosted[job.mig_dst] += 1
+                busy[job.mig_src, job.mig_dst] = busy[job.mig_dst, job.mig_src] = True
+        now_s = w.start_s + t0 * w.step_s
+        measured = surplus[:, t0].copy()
+        horizon = math.ceil(86_400.0 / w.epoch_s)
+        forecaster = self.forecaster
+
+        def forecast() -> FloatArray:
+            return forecaster.forecast(epoch, measured, horizon)
+
+        views = []
+        for j in asked:
+            job = jobs[j]
+            since = math.inf if job.last_land is None else (t0 - job.last_land) * w.step_s
+            views.append(
+                JobView(
+                    job.model.job_id,
+                    job.site,
+                    job.status == RUNNING,
+                    job.model.power_w,
+                    job.model.checkpoint_bytes,
+                    job.work_left * w.step_s,
+                    since,
+                    job.params,
+                )
+            )
+        return ClusterView(
+            now_s, w.epoch_s, measured, forecast, site_load, slots - hosted, w.bandwidth_bps, busy, views
+        )
+
+    def _apply(
+        self,
+        job: _Job,
+        action: Action,
+        dst: int,
+        t0: int,
+        view: ClusterView,
+        migrations: list[tuple[_Job, int, int, int, int, FloatArray]],
+    ) -> None:
+        if action is Action.RUN:
+            job.status = RUNNING
+        elif action is Action.PAUSE:
+            job.status = PAUSED
+        elif action is Action.MIGRATE:
+            if not (0 <= dst < view.n_sites) or dst == job.site or not job.costs.allowed[job.site, dst]:
+                return
+            if view.free_slots[dst] <= 0:
+                return
+            m = int(job.costs.epochs[job.site, dst])
+            job.status = MIGRATING
+            job.mig_src, job.mig_dst, job.mig_end = job.site, dst, t0 + m
+            duration_s = m * self.world.step_s
+            job.mig_src_w = float(job.costs.src_energy_j[job.site, dst]) / duration_s
+            job.mig_dst_w = float(job.costs.dst_energy_j[job.site, dst]) / duration_s
+            view.free_slots[dst] -= 1
+            migrations.append((job, job.site, dst, t0, t0 + m, view.surplus_w))
+
+    def _advance(self, j: int, job: _Job, pos: int, t1: int, load: FloatArray, timeline: _Timeline) -> None:
+        n_steps = self.world.n_steps
+        if job.status == MIGRATING:
+            end = min(job.mig_end, t1)
+            self._lay(job.mig_src, pos, end, job.mig_src_w)
+            self._lay(job.mig_dst, pos, end, job.mig_dst_w)
+            timeline.mark(j, pos, end, JobState.MIGRATING, job.mig_dst)
+            job.migration_steps += end - pos
+            if job.mig_end > t1:
+                return
+            job.status, job.site, job.last_land = RUNNING, job.mig_dst, job.mig_end
+            pos = job.mig_end
+            if pos >= n_steps:
+                return
+        if job.status == RUNNING and pos < t1:
+            n = min(t1 - pos, job.work_left)
+            self._lay(job.site, pos, pos + n, job.model.power_w)
+            timeline.mark(j, pos, pos + n, JobState.RUNNING, job.site)
+            job.work_left -= n
+            if job.work_left == 0:
+                job.status, job.completion = DONE, pos + n
+        elif job.status == PAUSED and pos < t1:
+            timeline.mark(j, pos, t1, JobState.PAUSED, job.site)
+
+    def _lay(self, site: int, start: int, end: int, power_w: float) -> None:
+        """Add a job's power to a site's load; in an isolated world, settle its energy right away."""
+        self._load[site, start:end] += power_w
+        if self.world.isolated and end > start:
+            dt = self.world.step_s
+            uncovered = np.maximum(power_w - self.world.surplus_w[site, start:end], 0.0)
+            nonrenewable_j = float(uncovered.sum()) * dt
+            self._isolated_j[0] += nonrenewable_j
+            self._isolated_j[1] += power_w * (end - start) * dt - nonrenewable_j
+            carbon = self.world.carbon_g_per_kwh[site, start:end]
+            self._isolated_j[2] += float((uncovered * carbon).sum()) * dt / J_PER_KWH
+
+    def _result(
+        self,
+        policy: str,
+        seed: int,
+        load: FloatArray,
+        timeline: _Timeline,
+        migrations: list[tuple[_Job, int, int, int, int, FloatArray]],
+    ) -> RunResult:
+        w = self.world
+        dt = w.step_s
+        surplus = w.surplus_w
+        carbon = w.carbon_g_per_kwh
+        nonrenewable_w = np.maximum(load - surplus, 0.0)
+        renewable_w = load - nonrenewable_w
+        records: list[MigrationRecord] = []
+        network_j = 0.0
+        network_co2_g = 0.0
+        migration_j = 0.0
+        failed = 0
+        times = w.times_s()
+        for job, src, dst, start, end, surplus_at_start in migrations:
+            net = float(job.costs.network_energy_j[src, dst])
+            energy = float(job.costs.src_energy_j[src, dst] + job.costs.dst_energy_j[src, dst]) + net
+            landed = end < w.n_steps
+            if w.isolated:
+                lost = landed and bool(job.model.power_w > surplus[dst, end] + 1e-6)
+            else:
+                lost = landed and bool(load[dst, end] > surplus[dst, end] + 1e-6)
+            failed += int(lost)
+            network_j += net
+            migration_j += energy
+            network_co2_g += net / J_PER_KWH * 0.5 * (carbon[src, start] + carbon[dst, start])
+            covered = surplus[dst, start:] >= job.model.power_w
+            window_steps = int(np.argmin(covered)) if not covered.all() else covered.size
+            if surplus_at_start[dst] < job.model.power_w:
+                window_steps = 0
+            records.append(
+                MigrationRecord(
+                    job.model.job_id,
+                    w.sites[src].name,
+                    w.sites[dst].name,
+                    float(times[start]),
+                    float(w.start_s + end * dt),
+                    job.model.checkpoint_bytes,
+                    float(w.bandwidth_bps[src, dst]),
+                    window_steps * dt,
+                    lost,
+                    energy,
+                )
+            )
+        if w.isolated:
+            site_nonrenewable_j, renewable_j, site_co2_g = self._isolated_j
+        else:
+            site_nonrenewable_j = float(nonrenewable_w.sum()) * dt
+            renewable_j = float(renewable_w.sum()) * dt
+            site_co2_g = float((nonrenewable_w * carbon).sum()) * dt / J_PER_KWH
+        nonrenewable_j = site_nonrenewable_j + network_j
+        co2_kg = (site_co2_g + network_co2_g) / 1000.0
+        jobs = self._jobs
+        jct_h = np.array(
+            [
+                (job.completion - job.model.arrival_step) * dt / 3600.0
+                for job in jobs
+                if job.completion is not None
+            ]
+        )
+        done_steps = sum(
+            job.model.work_steps - (job.work_left if job.status != PENDING else job.model.work_steps)
+            for job in jobs
+        )
+        metrics = {
+            "nonrenewable_kwh": nonrenewable_j / J_PER_KWH,
+            "renewable_kwh": renewable_j / J_PER_KWH,
+            "migration_kwh": migration_j / J_PER_KWH,
+            "co2_kg": co2_kg,
+            "migrations": float(len(records)),
+            "failed_migrations": float(failed),
+            "downtime_s": float(sum(job.migration_steps for job in jobs)) * dt,
+            "work_done_gpu_h": done_steps * dt / 3600.0,
+            "mean_jct_h": float(jct_h.mean()) if jct_h.size else math.nan,
+            "p95_jct_h": float(np.percentile(jct_h, 95)) if jct_h.size else math.nan,
+            "progress_cv": _progress_cv(timeline.job_state, jobs, dt, w.n_steps),
+            "ratio_to_oracle": math.nan,
+            "unfinished_jobs": float(sum(job.completion is None for job in jobs)),
+        }
+        keep = self.keep_timeline
+        return RunResult(
+            policy=policy,
+            seed=seed,
+            metrics=metrics,
+            times_s=times if keep else np.zeros(0),
+            step_s=dt,
+            site_names=[site.name for site in w.sites],
+            surplus_w=surplus if keep else np.zeros((0, 0)),
+            site_load_w=load if keep else np.zeros((0, 0)),
+            job_site=timeline.job_site.astype(np.int64) if keep else np.zeros((0, 0), dtype=np.int64),
+            job_state=timeline.job_state.astype(np.int64) if keep else np.zeros((0, 0), dtype=np.int64),
+            migrations=records,
+        )
+
+    def job_outcomes(self) -> list[tuple[int, int, int]]:
+        """After ``run``: per job (work steps done, deadline step relative to arrival, job index)."""
+        out = []
+        for idx, job in enumerate(self._jobs):
+            done = job.model.work_steps - job.work_left if job.status != PENDING else 0
+            end = job.completion if job.completion is not None else self.world.n_steps
+            out.append((done, end - job.model.arrival_step, idx))
+        return out
+
+
+def _progress_cv(state: npt.NDArray[np.int8], jobs: list[_Job], step_s: float, n_steps: int) -> float:
+    """Mean over jobs of the coefficient of variation of hourly progress while the job is alive."""
+    per_hour = max(1, round(3600.0 / step_s))
+    cvs = []
+    for j, job in enumerate(jobs):
+        start = job.model.arrival_step
+        end = job.completion if job.completion is not None else n_steps
+        n_hours = (end - start) // per_hour
+        if n_hours < 2:
+            continue
+        running = state[j, start : start + n_hours * per_hour] == JobState.RUNNING
+        hourly = running.reshape(n_hours, per_hour).sum(axis=1).astype(np.float64)
+        mean = hourly.mean()
+        if mean > 0:
+            cvs.append(float(hourly.std() / mean))
+    return float(np.mean(cvs)) if cvs else 0.0

@@ -1,0 +1,447 @@
+"""Scenarios: TOML files describing sites, their renewable sources, links, jobs and forecasts.
+
+A scenario is validated by pydantic before anything runs (errors name the file and the field). Data paths
+are relative to the scenario file; the built-in scenarios ship in ``greenferry/scenarios`` next to the
+openly licensed traces in ``greenferry/data``. ``build_world(spec, seed)`` turns a scenario into the
+engine's ``World``: traces become per-step surplus in W, and the seed draws the job mix.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from greenferry.core.feasibility import MigrationParams
+from greenferry.core.forecast import ForecastKind
+from greenferry.core.units import parse_bandwidth_bps, parse_duration_s, parse_size_bytes
+from greenferry.errors import ConfigError
+from greenferry.hardware_profiles import get_profile
+from greenferry.sim import renewables, traces
+from greenferry.sim.engine import JobModel, SiteModel, World
+
+FloatArray = npt.NDArray[np.float64]
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _SourceBase(_Strict):
+    path: str
+    shift: str = "0h"  # time shift, wrapping around the scenario period (moves a trace to another longitude)
+    replay: bool = False  # relabel the trace so its first sample falls on the scenario start
+
+    @field_validator("shift")
+    @classmethod
+    def _shift(cls, v: str) -> str:
+        parse_duration_s(v.lstrip("+-"))
+        return v
+
+
+class CurtailmentSource(_SourceBase):
+    """Curtailed renewable power of a grid zone (MW), of which the site may use ``share``."""
+
+    type: Literal["curtailment"]
+    column: str = "Total_Curtailment_NP15_MW"
+    share: float = Field(gt=0, le=1)
+
+
+class PvSource(_SourceBase):
+    """A PV plant whose output follows a clear-sky model dimmed by Open-Meteo cloud cover."""
+
+    type: Literal["pv"]
+    capacity_w: float = Field(gt=0)
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+
+
+class WindSource(_SourceBase):
+    """A wind turbine driven by Open-Meteo 10 m wind speed, extrapolated to hub height."""
+
+    type: Literal["wind"]
+    capacity_w: float = Field(gt=0)
+    hub_height_m: float = Field(default=100.0, gt=10)
+
+
+class SolcastSource(_SourceBase):
+    """A PV plant following the Solcast normalised-output trace of a city."""
+
+    type: Literal["solcast"]
+    city: str
+    capacity_w: float = Field(gt=0)
+
+
+class IrradianceSource(_SourceBase):
+    """A PV plant driven by a measured/typical irradiance file (NSRDB PSM3, TMY3 or PVGIS)."""
+
+    type: Literal["irradiance"]
+    format: Literal["psm3", "tmy3", "pvgis"]
+    capacity_w: float = Field(gt=0)
+
+
+class CsvSource(_SourceBase):
+    """Any CSV: a timestamp column and a power (W/kW/MW) or capacity-factor ('fraction') column."""
+
+    type: Literal["csv"]
+    time_column: str
+    value_column: str
+    unit: str
+    timezone: str = "UTC"
+    capacity_w: float | None = Field(default=None, gt=0)
+
+
+Source = Annotated[
+    CurtailmentSource | PvSource | WindSource | SolcastSource | IrradianceSource | CsvSource,
+    Field(discriminator="type"),
+]
+
+
+class CarbonSpec(_Strict):
+    """Grid carbon intensity: an Electricity Maps CSV, or a constant."""
+
+    type: Literal["electricitymaps", "constant"]
+    path: str | None = None
+    g_per_kwh: float | None = Field(default=None, ge=0)
+    shift: str = "0h"
+    replay: bool = False
+
+    @model_validator(mode="after")
+    def _needs_value(self) -> CarbonSpec:
+        if self.type == "electricitymaps" and not self.path:
+            raise ValueError("carbon type 'electricitymaps' needs a path")
+        if self.type == "constant" and self.g_per_kwh is None:
+            raise ValueError("carbon type 'constant' needs g_per_kwh")
+        return self
+
+
+class SiteSpec(_Strict):
+    """One micro-datacenter."""
+
+    name: str = Field(min_length=1, max_length=64)
+    timezone: str = "UTC"
+    gpu_slots: int = Field(default=4, ge=1, le=10_000)
+    base_load_w: float = Field(default=0.0, ge=0)
+    sources: list[Source] = Field(min_length=1)
+    carbon: CarbonSpec | None = None
+
+
+class LinkSpec(_Strict):
+    """A WAN link between two sites (symmetric)."""
+
+    between: tuple[str, str]
+    bandwidth: str
+
+    @field_validator("bandwidth")
+    @classmethod
+    def _bw(cls, v: str) -> str:
+        parse_bandwidth_bps(v)
+        return v
+
+
+class NetworkSpec(_Strict):
+    """Links between sites; pairs not listed get ``default_bandwidth`` ("0bps" for none)."""
+
+    default_bandwidth: str = "10Gbps"
+    links: list[LinkSpec] = Field(default_factory=list)
+
+
+class JobsSpec(_Strict):
+    """The job mix, drawn from the seed: arrivals every ``spacing`` with jitter, work and sizes in ranges."""
+
+    count: int = Field(ge=1, le=100_000)
+    first_arrival: str = "0h"
+    spacing: str = "12h"
+    work: tuple[str, str] = ("12h", "48h")  # GPU-hours per job, uniform
+    checkpoint: tuple[str, str] = ("1GB", "100GB")  # log-uniform
+    profiles: list[str] = Field(default_factory=lambda: ["a100-80gb"], min_length=1)
+    home: Literal["random"] | list[str] = "random"
+    isolated: bool = False  # each job has the sites to itself: the paper's single-job setting
+
+
+class ForecastSpec(_Strict):
+    """What the policies are told about the future."""
+
+    type: ForecastKind = "perfect"
+    sigma: float = Field(default=0.2, ge=0, le=2)
+
+
+class ScenarioSpec(_Strict):
+    """A whole scenario file."""
+
+    name: str = Field(min_length=1, max_length=64)
+    description: str = ""
+    start: datetime
+    duration: str
+    step: str = "5min"
+    decision_interval: str = "5min"
+    oracle_slack: str = "1h"
+    default_carbon_g_per_kwh: float = Field(default=300.0, ge=0)
+    migration: dict[str, float] = Field(default_factory=dict)
+    forecast: ForecastSpec = ForecastSpec()
+    sites: list[SiteSpec] = Field(min_length=1)
+    network: NetworkSpec = NetworkSpec()
+    jobs: JobsSpec
+
+    @field_validator("start")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("start must carry a time zone, e.g. 2024-04-01T00:00:00Z")
+        return v.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScenarioSpec:
+        names = [s.name for s in self.sites]
+        if len(set(names)) != len(names):
+            raise ValueError(f"site names must be unique: {names}")
+        for link in self.network.links:
+            for end in link.between:
+                if end not in names:
+                    raise ValueError(f"link {link.between} names unknown site {end!r}; sites: {names}")
+        if self.jobs.home != "random":
+            for home in self.jobs.home:
+                if home not in names:
+                    raise ValueError(f"jobs.home names unknown site {home!r}; sites: {names}")
+        step = parse_duration_s(self.step)
+        interval = parse_duration_s(self.decision_interval)
+        if step <= 0 or interval < step or abs(interval / step - round(interval / step)) > 1e-9:
+            raise ValueError("decision_interval must be a whole multiple of step")
+        if parse_duration_s(self.duration) < step:
+            raise ValueError("duration must be at least one step")
+        MigrationParams(**self.migration)
+        return self
+
+
+def builtin_scenarios() -> dict[str, Path]:
+    """Built-in scenario names and their files."""
+    return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.toml"))}
+
+
+def load_scenario(name_or_path: str | Path) -> tuple[ScenarioSpec, Path]:
+    """Load a built-in scenario by name, or a scenario file; returns the spec and its directory.
+
+    Raises:
+        ConfigError: unknown name, unreadable file, bad TOML, or a field that does not validate.
+    """
+    builtins = builtin_scenarios()
+    path = builtins.get(str(name_or_path)) or Path(name_or_path)
+    if not path.is_file():
+        raise ConfigError(f"no scenario {str(name_or_path)!r}: not a file, nor one of {', '.join(builtins)}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read scenario: {err}") from err
+    try:
+        spec = ScenarioSpec.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}"
+            for e in err.errors(include_url=False)
+        )
+        raise ConfigError(f"{path}: {problems}") from err
+    return spec, path.resolve().parent
+
+
+@lru_cache(maxsize=64)
+def _load_trace(kind: str, path: str, key: str) -> traces.Trace:
+    if kind == "curtailment":
+        return traces.load_caiso_curtailment(path, column=key)
+    if kind == "open-meteo":
+        return traces.load_open_meteo(path, key)
+    if kind == "carbon":
+        return traces.load_electricitymaps_carbon(path)
+    if kind == "solcast":
+        return traces.load_solcast_actual(path, key)
+    if kind == "psm3":
+        return traces.load_psm3(path, column="GHI")
+    if kind == "tmy3":
+        return traces.load_tmy3(path, column="GHI")
+    if kind == "pvgis":
+        return traces.load_pvgis_tmy(path, column="G(h)")
+    raise ValueError(kind)
+
+
+def _grid(
+    trace: traces.Trace, source: _SourceBase | CarbonSpec, start_s: float, step_s: float, n: int, method: str
+) -> FloatArray:
+    """Resample a trace onto the scenario grid, honouring ``replay`` and the wrapping ``shift``."""
+    if source.replay:
+        trace = traces.shift(trace, round(start_s - float(trace.times_s[0])))
+    values = traces.resample(trace, start_s, step_s, n, method=method)  # type: ignore[arg-type]
+    sign = -1.0 if source.shift.startswith("-") else 1.0
+    shift_steps = round(sign * parse_duration_s(source.shift.lstrip("+-")) / step_s)
+    return np.roll(values, shift_steps) if shift_steps else values
+
+
+def _source_power_w(source: Source, base: Path, start_s: float, step_s: float, n: int) -> FloatArray:
+    path = str((base / source.path).resolve())
+    times = start_s + step_s * np.arange(n, dtype=np.float64)
+    if isinstance(source, CurtailmentSource):
+        return (
+            _grid(_load_trace("curtailment", path, source.column), source, start_s, step_s, n, "hold")
+            * source.share
+        )
+    if isinstance(source, PvSource):
+        cloud = _grid(_load_trace("open-meteo", path, "cloudcover"), source, start_s, step_s, n, "linear")
+        clear = renewables.clear_sky_ghi_w_m2(times, source.lat, source.lon)
+        ghi = renewables.ghi_from_cloud_cover(clear, cloud)
+        return np.asarray(renewables.pv_power_fraction(ghi), dtype=np.float64) * source.capacity_w
+    if isinstance(source, WindSource):
+        speed = _grid(_load_trace("open-meteo", path, "windspeed_10m"), source, start_s, step_s, n, "linear")
+        frac = renewables.wind_power_fraction(speed, hub_height_m=source.hub_height_m)
+        return np.asarray(frac, dtype=np.float64) * source.capacity_w
+    if isinstance(source, SolcastSource):
+        return (
+            _grid(_load_trace("solcast", path, source.city), source, start_s, step_s, n, "mean")
+            * source.capacity_w
+        )
+    if isinstance(source, IrradianceSource):
+        ghi = _grid(_load_trace(source.format, path, ""), source, start_s, step_s, n, "linear")
+        return np.asarray(renewables.pv_power_fraction(ghi), dtype=np.float64) * source.capacity_w
+    trace = traces.load_generic_csv(
+        path,
+        time_column=source.time_column,
+        value_column=source.value_column,
+        unit=source.unit,
+        timezone=source.timezone,
+    )
+    values = _grid(trace, source, start_s, step_s, n, "mean")
+    if trace.unit == "fraction":
+        if source.capacity_w is None:
+            raise ConfigError(f"{path}: a 'fraction' trace needs capacity_w on its source")
+        return values * source.capacity_w
+    if trace.unit != "W":
+        raise ConfigError(f"{path}: a generation source must be in W, kW, MW or fraction, not {trace.unit}")
+    return values
+
+
+def _links(spec: ScenarioSpec) -> FloatArray:
+    names = [s.name for s in spec.sites]
+    n = len(names)
+    bw = np.full((n, n), parse_bandwidth_bps(spec.network.default_bandwidth))
+    for link in spec.network.links:
+        a, b = (names.index(x) for x in link.between)
+        bw[a, b] = bw[b, a] = parse_bandwidth_bps(link.bandwidth)
+    np.fill_diagonal(bw, 0.0)
+    return bw
+
+
+def _jobs(spec: ScenarioSpec, seed: int, step_s: float, n_steps: int, n_sites: int) -> tuple[JobModel, ...]:
+    rng = np.random.default_rng(seed)
+    cfg = spec.jobs
+    names = [s.name for s in spec.sites]
+    spacing = parse_duration_s(cfg.spacing)
+    first = parse_duration_s(cfg.first_arrival)
+    work_lo, work_hi = (parse_duration_s(x) for x in cfg.work)
+    size_lo, size_hi = (math.log(parse_size_bytes(x)) for x in cfg.checkpoint)
+    jobs = []
+    for i in range(cfg.count):
+        arrival = first + i * spacing + rng.uniform(0, spacing)
+        profile = get_profile(cfg.profiles[int(rng.integers(len(cfg.profiles)))])
+        home = (
+            int(rng.integers(n_sites)) if cfg.home == "random" else names.index(cfg.home[i % len(cfg.home)])
+        )
+        work_s = rng.uniform(work_lo, work_hi)
+        jobs.append(
+            JobModel(
+                job_id=i,
+                arrival_step=min(n_steps - 1, int(arrival // step_s)),
+                work_steps=max(1, math.ceil(work_s / step_s)),
+                power_w=profile.train_power_w + profile.host_power_w,
+                checkpoint_bytes=float(math.exp(rng.uniform(size_lo, size_hi))),
+                home_site=home,
+                profile=profile.name,
+            )
+        )
+    return tuple(jobs)
+
+
+def build_world(spec: ScenarioSpec, base_dir: Path, seed: int = 0) -> World:
+    """Turn a scenario into the engine's world; the seed draws the jobs (every seed shares the traces)."""
+    sites = _build_sites(spec, base_dir)
+    step_s = parse_duration_s(spec.step)
+    n_steps = sites[0].surplus_w.size
+    return World(
+        name=spec.name,
+        start_s=spec.start.timestamp(),
+        step_s=step_s,
+        n_steps=n_steps,
+        sites=sites,
+        bandwidth_bps=_links(spec),
+        jobs=_jobs(spec, seed, step_s, n_steps, len(sites)),
+        params=MigrationParams(**spec.migration),
+        epoch_steps=round(parse_duration_s(spec.decision_interval) / step_s),
+        isolated=spec.jobs.isolated,
+    )
+
+
+_SITES_CACHE: dict[tuple[str, str], tuple[SiteModel, ...]] = {}
+
+
+def _build_sites(spec: ScenarioSpec, base_dir: Path) -> tuple[SiteModel, ...]:
+    """Sites of a scenario; built once per scenario content (every seed shares the traces)."""
+    key = (spec.model_dump_json(exclude={"jobs", "forecast"}), str(base_dir))
+    if key not in _SITES_CACHE:
+        _SITES_CACHE.clear()
+        _SITES_CACHE[key] = _make_sites(spec, base_dir)
+    return _SITES_CACHE[key]
+
+
+def _make_sites(spec: ScenarioSpec, base_dir: Path) -> tuple[SiteModel, ...]:
+    start_s = spec.start.timestamp()
+    step_s = parse_duration_s(spec.step)
+    n_steps = int(parse_duration_s(spec.duration) // step_s)
+    sites = []
+    for site in spec.sites:
+        generation = np.zeros(n_steps)
+        for source in site.sources:
+            generation += _source_power_w(source, base_dir, start_s, step_s, n_steps)
+        surplus = np.maximum(generation - site.base_load_w, 0.0)
+        carbon = _carbon(spec, site, base_dir, start_s, step_s, n_steps)
+        sites.append(SiteModel(site.name, surplus, carbon, site.gpu_slots))
+    return tuple(sites)
+
+
+def _carbon(
+    spec: ScenarioSpec, site: SiteSpec, base: Path, start_s: float, step_s: float, n: int
+) -> FloatArray:
+    if site.carbon is None:
+        return np.full(n, spec.default_carbon_g_per_kwh)
+    if site.carbon.type == "constant":
+        return np.full(n, float(site.carbon.g_per_kwh or 0.0))
+    path = str((base / str(site.carbon.path)).resolve())
+    return _grid(_load_trace("carbon", path, ""), site.carbon, start_s, step_s, n, "hold")
+
+
+def window_lengths_s(world: World, power_w: float) -> dict[str, FloatArray]:
+    """Per site, the lengths of runs of steps whose surplus covers ``power_w`` (the renewable windows)."""
+    return {
+        site.name: np.asarray(
+            traces.window_lengths_s(site.surplus_w >= power_w, world.step_s), dtype=np.float64
+        )
+        for site in world.sites
+    }
+
+
+def describe(spec: ScenarioSpec) -> dict[str, Any]:
+    """A short JSON-able description for listings."""
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "sites": [s.name for s in spec.sites],
+        "start": spec.start.isoformat(),
+        "duration": spec.duration,
+        "step": spec.step,
+        "jobs": spec.jobs.count,
+        "forecast": spec.forecast.type,
+    }
