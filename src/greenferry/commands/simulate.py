@@ -72,10 +72,13 @@ def run(args: argparse.Namespace) -> int:
         sys.argv[1:] if sys.argv[0].endswith("greenferry") else []
     )
     out = args.out or Path("out") / spec.name
-    paths = write_outputs(comparison, out, plots=not args.no_plots)
+    write_outputs(comparison, out, plots=not args.no_plots)
     if args.json:
         print(json.dumps(summary_dict(comparison), indent=2, allow_nan=False))
         return 0
-    Console().print(comparison_table(comparison))
-    Console().print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    out_console = Console()
+    if not out_console.is_terminal:
+        out_console = Console(width=160)  # a log or a pipe: keep every column readable
+    out_console.print(comparison_table(comparison))
+    out_console.print(f"wrote {out / 'report.html'} (and summary.json, timeline.csv, migrations.csv, plots)")
     return 0

@@ -81,7 +81,7 @@ def solve(
 
     Raises:
         ValueError: if a deadline lies outside the cost arrays, or the work cannot be finished by
-            ``plan_deadline``.
+            ``plan_deadline``, or ``plan_work`` is more work than the job has.
     """
     n_sites, work = problem.n_sites, problem.work_steps
     horizon = max([*deadlines, plan_deadline or 0])
@@ -89,6 +89,8 @@ def solve(
         raise ValueError(f"deadlines must lie in 0..{problem.n_steps}, got {sorted(deadlines)}")
     plan_deadline = horizon if plan_deadline is None else plan_deadline
     plan_work = work if plan_work is None else plan_work
+    if not 0 <= plan_work <= work:
+        raise ValueError(f"plan_work must lie in 0..{work} (the job's work in steps), got {plan_work}")
     steps = problem.migration_steps
     pairs = [
         (o, d, int(steps[o, d])) for o in range(n_sites) for d in range(n_sites) if o != d and steps[o, d] > 0

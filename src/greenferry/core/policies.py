@@ -54,11 +54,20 @@ class PauseWhenDirty:
     name: str = "pause-when-dirty"
 
     def decide(self, now_s: float, view: ClusterView) -> dict[int, Decision]:
-        """Pause jobs whose site cannot cover them now; resume the others."""
-        out: dict[int, Decision] = {}
+        """Admit jobs at each site, running ones first, while the surplus left covers them; pause the rest."""
+        # Surplus left at each site once the jobs being decided here are taken off it.
+        left = view.surplus_w - view.site_load_w
         for job in view.jobs:
-            covered = view.headroom_w(job)[job.site] >= job.power_w
-            out[job.job_id] = Decision.run() if covered else Decision.pause()
+            if job.running:
+                left[job.site] += job.power_w
+        out: dict[int, Decision] = {}
+        # Running jobs keep their place before paused ones resume: no churn between equal jobs.
+        for job in sorted(view.jobs, key=lambda j: (not j.running, j.job_id)):
+            if left[job.site] >= job.power_w:
+                left[job.site] -= job.power_w
+                out[job.job_id] = Decision.run()
+            else:
+                out[job.job_id] = Decision.pause()
         return out
 
 
@@ -212,9 +221,11 @@ class Lookahead:
         out: dict[int, Decision] = {}
         busy = view.link_busy.copy()
         free = view.free_slots.copy()
-        live = {job.job_id for job in view.jobs}
-        for stale in set(self._plans) - live:
-            del self._plans[stale]
+        # The engine may ask about jobs in separate views (isolated worlds), so a plan is forgotten when it
+        # has run out, not when its job is absent from this view.
+        expiry_s = max(self.horizon_s, self.replan_interval_s)
+        for job_id in [i for i, e in self._plans.items() if now_s - e.made_s > expiry_s]:
+            del self._plans[job_id]
         for job in view.jobs:
             out[job.job_id] = Decision.run()
             entry = self._plans.get(job.job_id)

@@ -131,7 +131,7 @@ class Policy(Protocol):
     name: str
 
     def decide(self, now_s: float, view: ClusterView) -> dict[int, Decision]:
-        """Return a decision per job in ``view.jobs`` (jobs left out keep running where they are)."""
+        """Return a decision per job in ``view.jobs``; a job left out keeps its current state."""
         ...
 
 

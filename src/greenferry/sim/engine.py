@@ -178,12 +178,13 @@ class Engine:
         arrivals = sorted(range(len(jobs)), key=lambda j: jobs[j].model.arrival_step)
         next_arrival = 0
         active: list[int] = []
+        queued: list[int] = []  # arrived, waiting for a free GPU slot at home (first come, first served)
         n_epochs = math.ceil(n_steps / k)
         epoch = 0
         while epoch < n_epochs:
             t0 = epoch * k
             t1 = min(t0 + k, n_steps)
-            if not active:
+            if not active and not queued:
                 if next_arrival >= len(arrivals):
                     break
                 first = jobs[arrivals[next_arrival]].model.arrival_step
@@ -191,10 +192,10 @@ class Engine:
                     epoch = first // k
                     continue
             while next_arrival < len(arrivals) and jobs[arrivals[next_arrival]].model.arrival_step < t1:
-                job = jobs[arrivals[next_arrival]]
-                job.status, job.site, job.work_left = RUNNING, job.model.home_site, job.model.work_steps
-                active.append(arrivals[next_arrival])
+                queued.append(arrivals[next_arrival])
                 next_arrival += 1
+            if queued:
+                queued = self._admit(queued, active, slots)
             asked = [
                 j for j in active if jobs[j].status in (RUNNING, PAUSED) and jobs[j].model.arrival_step <= t0
             ]
@@ -212,6 +213,29 @@ class Engine:
             active = [j for j in active if jobs[j].status != DONE]
             epoch += 1
         return self._result(policy.name, seed, load, timeline, migrations)
+
+    def _admit(self, queued: list[int], active: list[int], slots: IntArray) -> list[int]:
+        """Start queued jobs at their home sites while slots are free; return those still waiting."""
+        jobs = self._jobs
+        hosted = np.zeros(slots.size, dtype=np.int64)
+        for j in active:
+            job = jobs[j]
+            if job.status == MIGRATING:
+                hosted[job.mig_src] += 1
+                hosted[job.mig_dst] += 1
+            else:
+                hosted[job.site] += 1
+        waiting = []
+        for j in queued:
+            job = jobs[j]
+            home = job.model.home_site
+            if self.world.isolated or hosted[home] < slots[home]:  # isolated: every job has its own sites
+                hosted[home] += 1
+                job.status, job.site, job.work_left = RUNNING, home, job.model.work_steps
+                active.append(j)
+            else:
+                waiting.append(j)
+        return waiting
 
     def _view(
         self, epoch: int, t0: int, active: list[int], asked: list[int], surplus: FloatArray, slots: IntArray

@@ -191,11 +191,13 @@ def compare(
     kind = forecast or spec.forecast.type
     runs: dict[str, list[RunResult]] = {name: [] for name in names}
     windows: dict[str, FloatArray] = {}
+    extra: dict[str, object] = {}
     for seed in range(seeds):
         world = build_world(spec, Path(str(base_dir)), seed)
         if seed == 0:
             reference_w = float(np.median([job.power_w for job in world.jobs]))
             windows = window_lengths_s(world, reference_w)
+            extra["migration_params"] = world.params.model_copy(update={"job_power_w": reference_w})
         for result in run_seed(
             spec, world, names, seed, forecast=kind, keep_timeline=seed == 0, progress=progress
         ):
@@ -210,5 +212,5 @@ def compare(
         summary=summary,
         window_lengths_s=windows,
         forecast=kind,
-        extra={"online_policies": [n for n in names if n in ONLINE_POLICIES]},
+        extra=extra | {"online_policies": [n for n in names if n in ONLINE_POLICIES]},
     )
