@@ -25,6 +25,7 @@ from greenferry.core.lookahead import STAY, MigrationCosts, Plan, migration_cost
 from greenferry.core.policy import ClusterView, Decision, JobView, covered_run_epochs, register_policy
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 
 def _free_targets(
@@ -193,13 +194,43 @@ class Lookahead:
         measured_cover = bool(view.headroom_w(job)[job.site] >= job.power_w)
         return measured_cover != bool(entry.assumed_cover[k])
 
+    def _horizon(self, view: ClusterView) -> int:
+        return min(max(1, round(self.horizon_s / view.epoch_s)), int(view.forecast_surplus_w.shape[1]))
+
+    def _planned_load(
+        self, now_s: float, job: JobView, view: ClusterView, horizon: int
+    ) -> tuple[IntArray, IntArray]:
+        """(sites, epochs) where ``job`` expects to draw power over the next ``horizon`` epochs."""
+        entry = self._plans.get(job.job_id)
+        if entry is None or entry.plan.epoch_index(now_s) < 0:
+            n = min(horizon, math.ceil(job.remaining_work_s / view.epoch_s - 1e-9)) if job.running else 0
+            epochs = np.arange(n, dtype=np.int64)
+            return np.full(n, job.site, dtype=np.int64), epochs
+        k = entry.plan.epoch_index(now_s)
+        sites = entry.plan.sites[k : k + horizon]
+        epochs = np.flatnonzero(sites >= 0)
+        return sites[epochs], epochs.astype(np.int64)
+
+    def _reserve(
+        self, reserved: FloatArray, now_s: float, job: JobView, view: ClusterView, sign: float
+    ) -> None:
+        sites, epochs = self._planned_load(now_s, job, view, reserved.shape[1])
+        np.add.at(reserved, (sites, epochs), sign * job.power_w)
+
     def _replan(
-        self, now_s: float, job: JobView, view: ClusterView, busy_from: npt.NDArray[np.bool_]
+        self,
+        now_s: float,
+        job: JobView,
+        view: ClusterView,
+        busy_from: npt.NDArray[np.bool_],
+        reserved: FloatArray,
     ) -> _JobPlan:
-        horizon = max(1, round(self.horizon_s / view.epoch_s))
-        horizon = min(horizon, view.forecast_surplus_w.shape[1])
+        """Plan ``job`` against the surplus its co-scheduled jobs' plans leave (``reserved``, (S, H))."""
+        horizon = reserved.shape[1]
         remaining = max(1, math.ceil(job.remaining_work_s / view.epoch_s - 1e-9))
-        headroom = view.forecast_headroom_w(job)[:, : min(horizon, remaining)].copy()
+        h = min(horizon, remaining)
+        self._reserve(reserved, now_s, job, view, -1.0)  # everyone else's load
+        headroom = view.forecast_surplus_w[:, :h] - reserved[:, :h]
         headroom[:, 0] = view.headroom_w(job)
         cached = self._plans.get(job.job_id)
         costs = cached.costs if cached is not None else None
@@ -214,7 +245,22 @@ class Lookahead:
         assumed[epochs] = headroom[plan.sites[epochs], epochs] >= job.power_w
         entry = _JobPlan(plan, now_s, costs, assumed)
         self._plans[job.job_id] = entry
+        self._reserve(reserved, now_s, job, view, 1.0)
         return entry
+
+    def _reservations(self, now_s: float, view: ClusterView) -> FloatArray:
+        """(S, H) load expected at each site: jobs not decided now stay as they are; the jobs decided
+        now follow their current plans (or stay put). Jobs planned later in this epoch see the surplus
+        the earlier ones reserved, so co-scheduled jobs do not all aim at the same window."""
+        horizon = self._horizon(view)
+        base = view.site_load_w.copy()
+        for job in view.jobs:
+            if job.running:
+                base[job.site] -= job.power_w
+        reserved = np.repeat(base[:, None], horizon, axis=1)
+        for job in view.jobs:
+            self._reserve(reserved, now_s, job, view, 1.0)
+        return reserved
 
     def decide(self, now_s: float, view: ClusterView) -> dict[int, Decision]:
         """Follow (or refresh) each job's plan; at most one departure per link per epoch."""
@@ -226,20 +272,28 @@ class Lookahead:
         expiry_s = max(self.horizon_s, self.replan_interval_s)
         for job_id in [i for i, e in self._plans.items() if now_s - e.made_s > expiry_s]:
             del self._plans[job_id]
+        reserved: FloatArray | None = None
         for job in view.jobs:
             out[job.job_id] = Decision.run()
             entry = self._plans.get(job.job_id)
             if entry is None or self._needs_replan(now_s, job, view, entry):
+                if reserved is None:
+                    reserved = self._reservations(now_s, view)
                 targets_ok = ~busy[job.site] & (free > 0)
                 departure_allowed = np.zeros(view.n_sites, dtype=np.bool_)
                 departure_allowed[job.site] = targets_ok.any()
-                entry = self._replan(now_s, job, view, departure_allowed)
+                entry = self._replan(now_s, job, view, departure_allowed, reserved)
             k = entry.plan.epoch_index(now_s)
             dst = int(entry.plan.moves[k]) if 0 <= k < entry.plan.moves.size else STAY
             if dst == STAY or job.since_migration_s < self.min_dwell_s:
                 continue
             if busy[job.site, dst] or free[dst] <= 0:
-                del self._plans[job.job_id]  # the plan is not executable now; re-plan next epoch
+                # The plan is not executable now: the job stays, and re-plans next epoch.
+                if reserved is not None:
+                    self._reserve(reserved, now_s, job, view, -1.0)
+                del self._plans[job.job_id]
+                if reserved is not None:
+                    self._reserve(reserved, now_s, job, view, 1.0)
                 continue
             out[job.job_id] = Decision.migrate(dst)
             busy[job.site, dst] = busy[dst, job.site] = True
