@@ -163,25 +163,36 @@ def test_migration_occupies_ceil_tmig_steps_without_progress(
 
 
 @pytest.mark.parametrize("isolated", [False, True])
-@pytest.mark.parametrize("covered_at_landing", [False, True])
-def test_failed_migration_is_a_landing_at_an_uncovered_site(isolated: bool, covered_at_landing: bool) -> None:
+@pytest.mark.parametrize(
+    ("open_at_departure", "covered_at_landing", "failed", "uncovered"),
+    [
+        (False, True, False, False),  # dark when the move starts, covered when it lands
+        (True, False, True, True),  # covered when the move starts, closed when it lands: failed
+        (False, False, False, True),  # dark at both ends: a deliberate uncovered landing, not a failure
+        (True, True, False, False),
+    ],
+)
+def test_failed_migration_is_a_landing_after_the_window_closed(
+    isolated: bool, open_at_departure: bool, covered_at_landing: bool, failed: bool, uncovered: bool
+) -> None:
     power, ckpt, bw = 400.0, 3e10, 1e9
     m = mig_steps(ckpt, bw)
     depart = 4
     land = depart + m
     surplus = np.zeros((2, 40))
-    surplus[0, :] = 0.0
+    if open_at_departure:
+        surplus[1, :land] = 2 * power
     if covered_at_landing:
-        surplus[1, land:] = 2 * power  # dark when the move starts, covered when it lands
-    else:
-        surplus[1, :land] = 2 * power  # covered when the move starts, closed when it lands
+        surplus[1, land:] = 2 * power
     world = make_world(
         surplus, [job(0, 0, 20, 0, power_w=power, checkpoint_bytes=ckpt)], bandwidth_bps=bw, isolated=isolated
     )
     result, _ = run(world, Scripted(world, {(depart, 0): Decision.migrate(1)}))
     assert result.metrics["migrations"] == 1.0
-    assert result.metrics["failed_migrations"] == (0.0 if covered_at_landing else 1.0)
-    assert result.migrations[0].failed is (not covered_at_landing)
+    assert result.metrics["failed_migrations"] == float(failed)
+    assert result.metrics["uncovered_landings"] == float(uncovered)
+    assert result.migrations[0].failed is failed
+    assert result.migrations[0].uncovered_landing is uncovered
 
 
 def test_invalid_migrations_are_ignored() -> None:

@@ -8,7 +8,9 @@ cost of a run grows with the number of epochs with live jobs, not with sites x s
 The migration model is the one the oracle optimises (core/oracle.py): a migration occupies
 ``ceil(T_mig / step)`` whole steps with no progress; its source and destination draw its energy terms
 spread evenly over those steps; the network energy ``e_net * S`` is always non-renewable. A migration that
-lands where the surplus no longer covers the site's load has landed after the window closed: failed.
+lands where the surplus no longer covers the site's load, when the destination's window was open as it
+began, has landed after the window closed: failed. Every landing on a site not covering the job (failed
+or deliberate, e.g. arriving before a window opens) is also counted as an uncovered landing.
 """
 
 from __future__ import annotations
@@ -367,7 +369,7 @@ class Engine:
         network_j = 0.0
         network_co2_g = 0.0
         migration_j = 0.0
-        failed = 0
+        failed = uncovered_landings = 0
         times = w.times_s()
         for job, src, dst, start, end, surplus_at_start in migrations:
             net = float(job.costs.network_energy_j[src, dst])
@@ -377,7 +379,6 @@ class Engine:
                 lost = landed and bool(job.model.power_w > surplus[dst, end] + 1e-6)
             else:
                 lost = landed and bool(load[dst, end] > surplus[dst, end] + 1e-6)
-            failed += int(lost)
             network_j += net
             migration_j += energy
             network_co2_g += net / J_PER_KWH * 0.5 * (carbon[src, start] + carbon[dst, start])
@@ -385,6 +386,12 @@ class Engine:
             window_steps = int(np.argmin(covered)) if not covered.all() else covered.size
             if surplus_at_start[dst] < job.model.power_w:
                 window_steps = 0
+            # Failed: the window the destination had when the move began closed before it landed. A
+            # landing at a site that had no window at departure (pre-positioning, or a partial surplus
+            # the planner chose on purpose) is counted apart, as an uncovered landing.
+            late = lost and window_steps > 0
+            failed += int(late)
+            uncovered_landings += int(lost)
             records.append(
                 MigrationRecord(
                     job.model.job_id,
@@ -395,8 +402,9 @@ class Engine:
                     job.model.checkpoint_bytes,
                     float(w.bandwidth_bps[src, dst]),
                     window_steps * dt,
-                    lost,
+                    late,
                     energy,
+                    lost,
                 )
             )
         if w.isolated:
@@ -426,6 +434,7 @@ class Engine:
             "co2_kg": co2_kg,
             "migrations": float(len(records)),
             "failed_migrations": float(failed),
+            "uncovered_landings": float(uncovered_landings),
             "downtime_s": float(sum(job.migration_steps for job in jobs)) * dt,
             "work_done_gpu_h": done_steps * dt / 3600.0,
             "mean_jct_h": float(jct_h.mean()) if jct_h.size else math.nan,

@@ -65,6 +65,7 @@ MIGRATIONS_CSV_COLUMNS: tuple[str, ...] = (
     "window_s",
     "failed",
     "energy_j",
+    "uncovered_landing",
 )
 MIGRATIONS_TABLE_MAX_ROWS = 200  # report.html lists this many; migrations.csv has them all
 
@@ -211,6 +212,7 @@ def _write_migrations(comparison: Comparison, path: Path) -> None:
                     _csv_number(m.window_s),
                     "true" if m.failed else "false",
                     _csv_number(m.energy_j),
+                    "true" if m.uncovered_landing else "false",
                 )
             )
 
@@ -657,7 +659,9 @@ of variation of hourly progress.</p>
 {_html_migrations(comparison)}
 <h2>Methodology</h2>
 <p>{_e(oracle_note)}</p>
-<p>A migration failed when it landed after the destination's renewable window had closed (or was aborted);
+<p>A migration failed when the destination's renewable window, open when the move began, had closed by the
+time it landed (or the move was aborted); landings on a site whose surplus did not cover the job for any
+reason, including deliberate moves ahead of a window, are counted as uncovered landings in summary.json;
 the window shown is the one the destination actually had at decision time, from the trace. Renewable windows
 are the spans during which a site's surplus covers a job. The placement figures and timeline.csv show each
 policy's run on the first seed ({_e(first_seed)}) only; summary.json and migrations.csv cover every seed.</p>

@@ -19,6 +19,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "co2_kg",
     "migrations",
     "failed_migrations",
+    "uncovered_landings",
     "downtime_s",
     "work_done_gpu_h",
     "mean_jct_h",
@@ -49,8 +50,9 @@ class MigrationRecord:
     checkpoint_bytes: float
     bandwidth_bps: float
     window_s: float  # destination's remaining renewable window seen at decision time (actual trace)
-    failed: bool  # landed after the destination's window had closed
+    failed: bool  # the destination's window was open at departure and had closed by landing
     energy_j: float
+    uncovered_landing: bool = False  # landed where the surplus did not cover the job (any reason)
 
 
 @dataclass

@@ -245,6 +245,7 @@ def _simulate(policy: str, seed: int, times_s: FloatArray, step_s: float, surplu
                             window_s=window_s,
                             failed=duration_s > window_s,
                             energy_j=_MIGRATION_POWER_W * duration_s,
+                            uncovered_landing=duration_s > window_s,
                         )
                     )
                     site[j] = best
@@ -319,6 +320,7 @@ def _metrics(
         "co2_kg": nonrenewable_kwh * _CO2_KG_PER_KWH,
         "migrations": float(len(migrations)),
         "failed_migrations": float(sum(m.failed for m in migrations)),
+        "uncovered_landings": float(sum(m.uncovered_landing for m in migrations)),
         "downtime_s": float(idle.sum() * step_s),
         "work_done_gpu_h": float((running.sum(axis=1) * gpus).sum() * step_s / 3600.0),
         "mean_jct_h": float(np.mean(jct_h)),
