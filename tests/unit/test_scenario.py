@@ -295,3 +295,43 @@ def test_energy_unit_is_refused_naming_the_file(tmp_path: Path) -> None:
     spec, base = load_scenario(write_scenario(tmp_path, TINY.replace('unit = "W"', 'unit = "kWh"', 1)))
     with pytest.raises(TraceError, match=r"gen\.csv.*kWh"):
         build_world(spec, base, 0)
+
+
+# --- overrides (greenferry simulate --set) ---------------------------------------------------------------
+
+
+def test_overrides_change_fields_before_validation() -> None:
+    spec, _ = load_scenario(
+        "paper",
+        [
+            "migration.network_energy_j_per_byte=2.16e-4",
+            "network.default_bandwidth=1Gbps",  # a bare word stays a string
+            "network.links=[]",
+            'jobs.checkpoint=["50GB", "100GB"]',
+            "sites.1.gpu_slots=1",
+        ],
+    )
+    assert spec.migration["network_energy_j_per_byte"] == pytest.approx(2.16e-4)
+    assert spec.network.links == []
+    assert spec.sites[1].gpu_slots == 1
+    assert spec.sites[0].gpu_slots == 4
+    builtin, _ = load_scenario("paper")
+    assert builtin.migration["network_energy_j_per_byte"] == pytest.approx(8e-8)  # the file is untouched
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("jobs.count", "expected KEY=VALUE"),
+        ("=3", "expected KEY=VALUE"),
+        ("jobs..count=3", "expected KEY=VALUE"),
+        ("sites.9.gpu_slots=1", r"sites\.9: no such index \(there are 4\)"),
+        ("sites.x.gpu_slots=1", "sites.x: no such index"),
+        ("name.first=1", "name is a value, not a table"),
+        ("jobs.count=many", r"with --set jobs\.count=many\): jobs\.count"),
+        ("jobs.colour=3", r"jobs\.colour"),
+    ],
+)
+def test_bad_overrides_name_the_assignment(assignment: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_scenario("paper", [assignment])

@@ -130,8 +130,10 @@ def test_simulate_scenario_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
         (["--policies", "static,nope"], ["'nope'", "lookahead"]),
         (["--seeds", "0"], ["--seeds", "0"]),
         (["--scenario", "atlantis"], ["'atlantis'", "paper"]),
+        (["--set", "jobs.count=-1"], ["--set jobs.count=-1", "jobs.count"]),
+        (["--set", "network"], ["'network'", "KEY=VALUE"]),
     ],
-    ids=["unknown-policy", "zero-seeds", "unknown-scenario"],
+    ids=["unknown-policy", "zero-seeds", "unknown-scenario", "bad-override-value", "bad-override-form"],
 )
 def test_simulate_bad_input_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], mentions: list[str]

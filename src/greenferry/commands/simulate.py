@@ -29,6 +29,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--policies", help="comma-separated policy names (default: all, oracle included)")
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds (job mixes) to average over")
     parser.add_argument("--forecast", choices=FORECAST_KINDS, help="override the scenario's forecast")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario field before validation, e.g. migration.network_energy_j_per_byte=2.16e-4"
+        " or sites.0.gpu_slots=1 (repeatable)",
+    )
     parser.add_argument("--out", type=Path, help="output directory (default: out/<scenario>)")
     parser.add_argument(
         "--json", action="store_true", help="print summary.json to stdout instead of the table"
@@ -43,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the comparison, write the outputs, print the table (or JSON)."""
     from greenferry.sim.report import comparison_table, summary_dict, write_outputs
 
-    spec, base = load_scenario(args.scenario)
+    spec, base = load_scenario(args.scenario, args.overrides)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()] if args.policies else None
     if policies is not None and not policies:
         raise ConfigError("--policies names no policy")
