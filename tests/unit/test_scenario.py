@@ -130,6 +130,15 @@ BREAKAGES = [
         id="unknown-home-site",
     ),
     pytest.param('duration = "6h"', 'duration = "6 fortnights"', ["duration"], id="bad-duration"),
+    pytest.param(
+        'name = "b"\n', 'name = "b"\ntimezone = "Mars/Olympus"\n', ["sites.1.timezone", "Mars"], id="bad-zone"
+    ),
+    pytest.param(
+        'default_bandwidth = "1Gbps"',
+        'default_bandwidth = "-1Gbps"',
+        ["network.default_bandwidth", "-1Gbps"],
+        id="negative-default-bandwidth",
+    ),
 ]
 
 
@@ -145,6 +154,13 @@ def test_malformed_scenario_names_file_and_field(
     assert "broken-scenario.toml" in message
     for text in mentions:
         assert text in message, (text, message)
+
+
+def test_zero_bandwidth_means_no_link(tmp_path: Path) -> None:
+    path = write_scenario(tmp_path, TINY.replace('bandwidth = "25Gbps"', 'bandwidth = "0bps"', 1))
+    spec, base = load_scenario(path)
+    world = build_world(spec, base, 0)
+    np.testing.assert_array_equal(world.bandwidth_bps, np.zeros((2, 2)))
 
 
 def test_missing_trace_file_names_the_file(tmp_path: Path) -> None:

@@ -291,7 +291,8 @@ class Lookahead:
             if entry is None or self._needs_replan(now_s, job, view, entry):
                 if reserved is None:
                     reserved = self._reservations(now_s, view)
-                targets_ok = ~busy[job.site] & (free > 0)
+                targets_ok = ~busy[job.site] & (free > 0) & (view.bandwidth_bps[job.site] > 0)
+                targets_ok[job.site] = False
                 departure_allowed = np.zeros(view.n_sites, dtype=np.bool_)
                 departure_allowed[job.site] = targets_ok.any()
                 entry = self._replan(now_s, job, view, departure_allowed, reserved)

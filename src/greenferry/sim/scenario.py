@@ -9,12 +9,14 @@ engine's ``World``: traces become per-step surplus in W, and the seed draws the 
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import numpy.typing as npt
@@ -129,11 +131,20 @@ class SiteSpec(_Strict):
     """One micro-datacenter."""
 
     name: str = Field(min_length=1, max_length=64)
-    timezone: str = "UTC"
+    timezone: str = "UTC"  # IANA name; informational (every time in greenferry is UTC)
     gpu_slots: int = Field(default=4, ge=1, le=10_000)
     base_load_w: float = Field(default=0.0, ge=0)
     sources: list[Source] = Field(min_length=1)
     carbon: CarbonSpec | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as err:
+            raise ValueError(f"unknown time zone {v!r} (expected an IANA name such as Europe/Rome)") from err
+        return v
 
 
 class LinkSpec(_Strict):
@@ -145,7 +156,7 @@ class LinkSpec(_Strict):
     @field_validator("bandwidth")
     @classmethod
     def _bw(cls, v: str) -> str:
-        parse_bandwidth_bps(v)
+        link_bandwidth_bps(v)
         return v
 
 
@@ -155,6 +166,22 @@ class NetworkSpec(_Strict):
     default_bandwidth: str = "10Gbps"
     links: list[LinkSpec] = Field(default_factory=list)
 
+    @field_validator("default_bandwidth")
+    @classmethod
+    def _default_bw(cls, v: str) -> str:
+        link_bandwidth_bps(v)
+        return v
+
+
+_ZERO_BANDWIDTH = re.compile(r"\s*0+(\.0*)?\s*([kMGT]?(bps|bit/s))?\s*")
+
+
+def link_bandwidth_bps(text: str) -> float:
+    """A link's bandwidth in bit/s; zero (``"0bps"``, ``"0"``) means the sites are not linked."""
+    if _ZERO_BANDWIDTH.fullmatch(text):
+        return 0.0
+    return parse_bandwidth_bps(text)
+
 
 class JobsSpec(_Strict):
     """The job mix, drawn from the seed: arrivals every ``spacing`` with jitter, work and sizes in ranges."""
@@ -162,7 +189,8 @@ class JobsSpec(_Strict):
     count: int = Field(ge=1, le=100_000)
     first_arrival: str = "0h"
     spacing: str = "12h"
-    work: tuple[str, str] = ("12h", "48h")  # GPU-hours per job, uniform
+    # Running time at full speed per job (single-GPU jobs: GPU-hours), drawn uniformly.
+    work: tuple[str, str] = ("12h", "48h")
     checkpoint: tuple[str, str] = ("1GB", "100GB")  # log-uniform
     profiles: list[str] = Field(default_factory=lambda: ["a100-80gb"], min_length=1)
     home: Literal["random"] | list[str] = "random"
@@ -343,7 +371,7 @@ def _source_power_w(source: Source, base: Path, start_s: float, step_s: float, n
         )
     if isinstance(source, PvSource):
         cloud = _grid(_load_trace("open-meteo", path, "cloudcover"), source, start_s, step_s, n, "linear")
-        clear = renewables.clear_sky_ghi_w_m2(times, source.lat, source.lon)
+        clear = renewables.clear_sky_ghi_w_m2(times + 0.5 * step_s, source.lat, source.lon)  # step midpoints
         ghi = renewables.ghi_from_cloud_cover(clear, cloud)
         return np.asarray(renewables.pv_power_fraction(ghi), dtype=np.float64) * source.capacity_w
     if isinstance(source, WindSource):
@@ -378,10 +406,10 @@ def _source_power_w(source: Source, base: Path, start_s: float, step_s: float, n
 def _links(spec: ScenarioSpec) -> FloatArray:
     names = [s.name for s in spec.sites]
     n = len(names)
-    bw = np.full((n, n), parse_bandwidth_bps(spec.network.default_bandwidth))
+    bw = np.full((n, n), link_bandwidth_bps(spec.network.default_bandwidth))
     for link in spec.network.links:
         a, b = (names.index(x) for x in link.between)
-        bw[a, b] = bw[b, a] = parse_bandwidth_bps(link.bandwidth)
+        bw[a, b] = bw[b, a] = link_bandwidth_bps(link.bandwidth)
     np.fill_diagonal(bw, 0.0)
     return bw
 
