@@ -8,6 +8,7 @@ import pytest
 
 from greenferry.core.forecast import (
     FORECAST_KINDS,
+    FileForecast,
     NoisyForecast,
     PerfectForecast,
     PersistenceForecast,
@@ -128,6 +129,7 @@ def test_make_forecaster_by_name() -> None:
         "persistence": PersistenceForecast,
         "same-time-yesterday": SameTimeYesterdayForecast,
         "noisy": NoisyForecast,
+        "file": FileForecast,  # with no file given, every lead falls back to same-time-yesterday
     }
     assert set(FORECAST_KINDS) == set(kinds)
     for kind, cls in kinds.items():

@@ -2,7 +2,8 @@
 
 Every forecaster works at decision-epoch resolution on an array of past (and, for the perfect one,
 future) epoch means. They are pure functions of their inputs, so the daemon can feed them its live
-history and the simulator its traces.
+history and the simulator its traces. The ``file`` forecaster is told the future only through a
+provided forecast (e.g. the Solcast forecast files) already converted to epochs by the caller.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
 
-ForecastKind = Literal["perfect", "persistence", "same-time-yesterday", "noisy"]
-FORECAST_KINDS: tuple[ForecastKind, ...] = ("perfect", "persistence", "same-time-yesterday", "noisy")
+ForecastKind = Literal["perfect", "persistence", "same-time-yesterday", "noisy", "file"]
+FORECAST_KINDS: tuple[ForecastKind, ...] = ("perfect", "persistence", "same-time-yesterday", "noisy", "file")
 
 DAY_S = 86_400.0
 
@@ -104,10 +105,56 @@ class NoisyForecast:
         return np.maximum(out, 0.0)
 
 
+@dataclass
+class FileForecast:
+    """A provided forecast (e.g. a forecast file), with a fallback where it says nothing.
+
+    ``provided_w[s, e, k]`` is the mean surplus (W) of site ``s`` over epoch ``e + k`` as forecast by the
+    latest issue at or before the start of epoch ``e``; NaN where the provider has no value (the site has
+    no forecast, the lead is beyond the file's reach, or the file has a hole). Lead 0 is always the
+    measured surplus; every other NaN lead, and every lead when ``epoch`` is outside the provided array or
+    ``provided_w`` is None (no site has a forecast), comes from ``fallback``. Only the block issued for
+    ``epoch`` is read, so the future is seen only through what the provider said at the time.
+    """
+
+    provided_w: FloatArray | None  # (S, E, L), NaN = no provided value
+    fallback: Forecaster
+
+    def forecast(self, epoch: int, measured_now_w: FloatArray, horizon_epochs: int) -> FloatArray:
+        """Return the provided forecast where it has a value, the fallback's elsewhere."""
+        out = np.array(self.fallback.forecast(epoch, measured_now_w, horizon_epochs), dtype=np.float64)
+        provided = self.provided_w
+        if provided is not None and 0 <= epoch < provided.shape[1] and horizon_epochs > 1:
+            n = min(provided.shape[2], horizon_epochs)
+            block = provided[:, epoch, :n]
+            known = np.isfinite(block)
+            known[:, 0] = False
+            out[:, :n] = np.where(known, block, out[:, :n])
+        if horizon_epochs > 0:
+            out[:, 0] = measured_now_w
+        return out
+
+
 def make_forecaster(
-    kind: ForecastKind, epoch_surplus_w: FloatArray, epoch_s: float, *, sigma: float = 0.2, seed: int = 0
+    kind: ForecastKind,
+    epoch_surplus_w: FloatArray,
+    epoch_s: float,
+    *,
+    sigma: float = 0.2,
+    seed: int = 0,
+    provided_w: FloatArray | None = None,
 ) -> Forecaster:
-    """Build a forecaster by name over an (S, E) array of epoch-mean surplus."""
+    """Build a forecaster by name over an (S, E) array of epoch-mean surplus.
+
+    Args:
+        kind: one of :data:`FORECAST_KINDS`.
+        epoch_surplus_w: (S, E) epoch-mean surplus (W); only ``perfect`` and ``noisy`` read ahead of now.
+        epoch_s: length of a decision epoch (s).
+        sigma: relative error scale of ``noisy``.
+        seed: seed of ``noisy``.
+        provided_w: for ``file``, the (S, E, L) provided forecast described in :class:`FileForecast`
+            (None: no site has one); the fallback is same-time-yesterday. Ignored by the other kinds.
+    """
     if kind == "perfect":
         return PerfectForecast(epoch_surplus_w)
     if kind == "persistence":
@@ -116,4 +163,12 @@ def make_forecaster(
         return SameTimeYesterdayForecast(epoch_surplus_w, epoch_s)
     if kind == "noisy":
         return NoisyForecast(epoch_surplus_w, epoch_s, sigma, seed)
+    if kind == "file":
+        if provided_w is not None and (
+            provided_w.ndim != 3 or provided_w.shape[0] != epoch_surplus_w.shape[0] or provided_w.shape[2] < 1
+        ):
+            raise ValueError(
+                f"provided_w must be (S={epoch_surplus_w.shape[0]}, E, L>=1), got shape {provided_w.shape}"
+            )
+        return FileForecast(provided_w, SameTimeYesterdayForecast(epoch_surplus_w, epoch_s))
     raise ValueError(f"unknown forecast kind {kind!r}; known: {', '.join(FORECAST_KINDS)}")

@@ -25,7 +25,7 @@ from greenferry.core.units import parse_duration_s
 from greenferry.errors import ConfigError
 from greenferry.sim.engine import J_PER_KWH, Engine, JobModel, World
 from greenferry.sim.results import METRIC_NAMES, Comparison, RunResult
-from greenferry.sim.scenario import ScenarioSpec, build_world, window_lengths_s
+from greenferry.sim.scenario import ScenarioSpec, build_world, provided_forecast_w, window_lengths_s
 
 FloatArray = npt.NDArray[np.float64]
 ORACLE = "oracle"
@@ -121,7 +121,12 @@ def run_seed(
 ) -> list[RunResult]:
     """Run every policy on one seed's world and fill in ``ratio_to_oracle``."""
     forecaster = make_forecaster(
-        forecast, world.epoch_surplus_w, world.epoch_s, sigma=spec.forecast.sigma, seed=seed
+        forecast,
+        world.epoch_surplus_w,
+        world.epoch_s,
+        sigma=spec.forecast.sigma,
+        seed=seed,
+        provided_w=provided_forecast_w(spec, world, forecast),
     )
     results: list[RunResult] = []
     outcomes: list[list[tuple[int, int, int]]] = []

@@ -4,6 +4,10 @@ A scenario is validated by pydantic before anything runs (errors name the file a
 are relative to the scenario file; the built-in scenarios ship in ``greenferry/scenarios`` next to the
 openly licensed traces in ``greenferry/data``. ``build_world(spec, seed)`` turns a scenario into the
 engine's ``World``: traces become per-step surplus in W, and the seed draws the job mix.
+
+A Solcast source may also name the provider's forecast file (``forecast_path``); ``build_world`` then
+converts it to epoch-mean surplus forecasts per issue (``ScenarioWorld.provided_forecast_w``), which the
+``file`` forecaster hands to the policies.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import math
 import re
 import tomllib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -77,11 +82,17 @@ class WindSource(_SourceBase):
 
 
 class SolcastSource(_SourceBase):
-    """A PV plant following the Solcast normalised-output trace of a city."""
+    """A PV plant following the Solcast normalised-output trace of a city.
+
+    ``forecast_path`` optionally names the Solcast forecast file (same city column) that forecast type
+    ``file`` reads; it is scaled, relabelled (``replay``) and shifted (``shift``) like ``path``. Only a
+    site whose only source this is may have one: the forecast replaces the site's whole generation.
+    """
 
     type: Literal["solcast"]
     city: str
     capacity_w: float = Field(gt=0)
+    forecast_path: str | None = None
 
 
 class IrradianceSource(_SourceBase):
@@ -136,6 +147,25 @@ class SiteSpec(_Strict):
     base_load_w: float = Field(default=0.0, ge=0)
     sources: list[Source] = Field(min_length=1)
     carbon: CarbonSpec | None = None
+
+    @model_validator(mode="after")
+    def _forecast_alone(self) -> SiteSpec:
+        with_file = [
+            i for i, s in enumerate(self.sources) if isinstance(s, SolcastSource) and s.forecast_path
+        ]
+        if with_file and len(self.sources) > 1:
+            raise ValueError(
+                f"sources.{with_file[0]}.forecast_path: a forecast file is supported only on a site whose "
+                f"only source it forecasts (it stands for the whole generation); this site has "
+                f"{len(self.sources)} sources"
+            )
+        return self
+
+    @property
+    def forecast_source(self) -> SolcastSource | None:
+        """The source whose forecast file forecasts this site's generation, if any."""
+        source = self.sources[0]
+        return source if isinstance(source, SolcastSource) and source.forecast_path else None
 
     @field_validator("timezone")
     @classmethod
@@ -248,6 +278,11 @@ class ScenarioSpec(_Strict):
         if parse_duration_s(self.duration) < step:
             raise ValueError("duration must be at least one step")
         MigrationParams(**self.migration)
+        if self.forecast.type == "file" and not any(site.forecast_source for site in self.sites):
+            raise ValueError(
+                "forecast.type = 'file' needs forecast_path on the solcast source of at least one site "
+                "(sites.N.sources.0.forecast_path); no site has one"
+            )
         return self
 
 
@@ -330,6 +365,11 @@ def load_scenario(name_or_path: str | Path, overrides: Sequence[str] = ()) -> tu
     return spec, path.resolve().parent
 
 
+@lru_cache(maxsize=16)
+def _load_forecast(path: str, city: str) -> traces.ForecastTable:
+    return traces.load_solcast_forecast(path, city)
+
+
 @lru_cache(maxsize=64)
 def _load_trace(kind: str, path: str, key: str) -> traces.Trace:
     if kind == "curtailment":
@@ -356,9 +396,14 @@ def _grid(
     if source.replay:
         trace = traces.shift(trace, round(start_s - float(trace.times_s[0])))
     values = traces.resample(trace, start_s, step_s, n, method=method)  # type: ignore[arg-type]
-    sign = -1.0 if source.shift.startswith("-") else 1.0
-    shift_steps = round(sign * parse_duration_s(source.shift.lstrip("+-")) / step_s)
+    shift_steps = _shift_steps(source, step_s)
     return np.roll(values, shift_steps) if shift_steps else values
+
+
+def _shift_steps(source: _SourceBase | CarbonSpec, step_s: float) -> int:
+    """The source's ``shift`` in whole steps (later is positive)."""
+    sign = -1.0 if source.shift.startswith("-") else 1.0
+    return round(sign * parse_duration_s(source.shift.lstrip("+-")) / step_s)
 
 
 def _source_power_w(source: Source, base: Path, start_s: float, step_s: float, n: int) -> FloatArray:
@@ -444,12 +489,39 @@ def _jobs(spec: ScenarioSpec, seed: int, step_s: float, n_steps: int, n_sites: i
     return tuple(jobs)
 
 
-def build_world(spec: ScenarioSpec, base_dir: Path, seed: int = 0) -> World:
+@dataclass(frozen=True)
+class ScenarioWorld(World):
+    """A scenario's world, with the forecasts its files provide (if any)."""
+
+    # (S, E, L): mean surplus (W) of site s over epoch e + k, forecast by the latest issue at or before the
+    # start of epoch e; NaN where no file says (no file for the site, beyond its reach, holes). None: no
+    # site has a forecast file.
+    provided_forecast_w: FloatArray | None = None
+
+
+def provided_forecast_w(spec: ScenarioSpec, world: World, kind: ForecastKind) -> FloatArray | None:
+    """The provided forecast that forecast ``kind`` needs: the files' for ``file``, else None.
+
+    Raises:
+        ConfigError: ``kind`` is ``file`` (e.g. from ``--forecast file``) but no site has a forecast file.
+    """
+    if kind != "file":
+        return None
+    provided = world.provided_forecast_w if isinstance(world, ScenarioWorld) else None
+    if provided is None:
+        raise ConfigError(
+            f"scenario {spec.name!r}: forecast 'file' needs forecast_path on the solcast source of at least "
+            "one site (sites.N.sources.0.forecast_path); no site has one"
+        )
+    return provided
+
+
+def build_world(spec: ScenarioSpec, base_dir: Path, seed: int = 0) -> ScenarioWorld:
     """Turn a scenario into the engine's world; the seed draws the jobs (every seed shares the traces)."""
-    sites = _build_sites(spec, base_dir)
+    sites, provided = _build_sites(spec, base_dir)
     step_s = parse_duration_s(spec.step)
     n_steps = sites[0].surplus_w.size
-    return World(
+    return ScenarioWorld(
         name=spec.name,
         start_s=spec.start.timestamp(),
         step_s=step_s,
@@ -460,18 +532,20 @@ def build_world(spec: ScenarioSpec, base_dir: Path, seed: int = 0) -> World:
         params=MigrationParams(**spec.migration),
         epoch_steps=round(parse_duration_s(spec.decision_interval) / step_s),
         isolated=spec.jobs.isolated,
+        provided_forecast_w=provided,
     )
 
 
-_SITES_CACHE: dict[tuple[str, str], tuple[SiteModel, ...]] = {}
+_SITES_CACHE: dict[tuple[str, str], tuple[tuple[SiteModel, ...], FloatArray | None]] = {}
 
 
-def _build_sites(spec: ScenarioSpec, base_dir: Path) -> tuple[SiteModel, ...]:
-    """Sites of a scenario; built once per scenario content (every seed shares the traces)."""
+def _build_sites(spec: ScenarioSpec, base_dir: Path) -> tuple[tuple[SiteModel, ...], FloatArray | None]:
+    """Sites of a scenario and their provided forecasts; built once per scenario content (every seed
+    shares the traces)."""
     key = (spec.model_dump_json(exclude={"jobs", "forecast"}), str(base_dir))
     if key not in _SITES_CACHE:
         _SITES_CACHE.clear()
-        _SITES_CACHE[key] = _make_sites(spec, base_dir)
+        _SITES_CACHE[key] = (_make_sites(spec, base_dir), _provided_forecasts(spec, base_dir))
     return _SITES_CACHE[key]
 
 
@@ -488,6 +562,114 @@ def _make_sites(spec: ScenarioSpec, base_dir: Path) -> tuple[SiteModel, ...]:
         carbon = _carbon(spec, site, base_dir, start_s, step_s, n_steps)
         sites.append(SiteModel(site.name, surplus, carbon, site.gpu_slots))
     return tuple(sites)
+
+
+def _provided_forecasts(spec: ScenarioSpec, base_dir: Path) -> FloatArray | None:
+    """(S, E, L) epoch-mean surplus forecasts from the sites' forecast files (NaN rows for sites without)."""
+    if not any(site.forecast_source for site in spec.sites):
+        return None
+    start_s = spec.start.timestamp()
+    step_s = parse_duration_s(spec.step)
+    n_steps = int(parse_duration_s(spec.duration) // step_s)
+    epoch_steps = round(parse_duration_s(spec.decision_interval) / step_s)
+    per_site: list[FloatArray | None] = []
+    for site in spec.sites:
+        source = site.forecast_source
+        per_site.append(
+            None
+            if source is None
+            else _solcast_forecast_surplus_w(
+                source, site.base_load_w, base_dir, start_s, step_s, n_steps, epoch_steps
+            )
+        )
+    n_epochs = math.ceil(n_steps / epoch_steps)
+    n_leads = max(f.shape[1] for f in per_site if f is not None)
+    out = np.full((len(spec.sites), n_epochs, n_leads), np.nan)
+    for s, f in enumerate(per_site):
+        if f is not None:
+            out[s, :, : f.shape[1]] = f
+    return out
+
+
+def _solcast_forecast_surplus_w(
+    source: SolcastSource,
+    base_load_w: float,
+    base: Path,
+    start_s: float,
+    step_s: float,
+    n_steps: int,
+    epoch_steps: int,
+) -> FloatArray:
+    """(E, L) forecast surplus (W) of a site whose only source is ``source``, from its forecast file.
+
+    Row ``e`` is what the latest issue at or before the start of epoch ``e`` says about epochs
+    ``e .. e + L - 1``. Each step's forecast generation is the time-weighted mean of the issue's target
+    periods over the step (NaN unless they cover it whole) times ``capacity_w``; the step's surplus is
+    ``max(generation - base_load_w, 0)``, as for the actual trace; an epoch's value is the mean of its
+    steps (NaN if any is NaN, or runs past the scenario). ``replay`` and ``shift`` move issue and target
+    times as they move the actual trace (a row whose issue and target a wrapping shift parts is dropped).
+    """
+    if source.forecast_path is None:
+        raise ValueError("source has no forecast_path")
+    table = _load_forecast(str((base / source.forecast_path).resolve()), source.city)
+    issue_s = table.issue_times_s.astype(np.float64)
+    target_s = table.target_start_s.astype(np.float64)
+    values = np.asarray(table.values, dtype=np.float64)
+    target_step_s = float(table.target_step_s)
+    if source.replay:
+        actual = _load_trace("solcast", str((base / source.path).resolve()), source.city)
+        offset_s = round(start_s - float(actual.times_s[0]))
+        issue_s, target_s = issue_s + offset_s, target_s + offset_s
+    shift_steps = _shift_steps(source, step_s)
+    if shift_steps:
+        period_s = n_steps * step_s
+        rel_issue, rel_target = issue_s - start_s, target_s - start_s
+        inside = (rel_issue >= 0) & (rel_issue < period_s) & (rel_target >= 0)
+        inside &= rel_target + target_step_s <= period_s
+        new_issue = start_s + np.mod(rel_issue + shift_steps * step_s, period_s)
+        new_target = start_s + np.mod(rel_target + shift_steps * step_s, period_s)
+        keep = inside & np.isclose(new_target - new_issue, target_s - issue_s)
+        order = np.lexsort((new_target[keep], new_issue[keep]))
+        issue_s, target_s, values = new_issue[keep][order], new_target[keep][order], values[keep][order]
+
+    k = epoch_steps
+    epoch_s = k * step_s
+    n_epochs = math.ceil(n_steps / k)
+    if issue_s.size == 0:
+        return np.full((n_epochs, 1), np.nan)
+    n_leads = max(1, math.ceil(float(np.max(target_s + target_step_s - issue_s)) / epoch_s - 1e-9))
+    out = np.full((n_epochs, n_leads), np.nan)
+
+    # Pad each issue's targets into a row of a (G, R) table.
+    issues, first, counts = np.unique(issue_s, return_index=True, return_counts=True)
+    group = np.repeat(np.arange(issues.size), counts)
+    col = np.arange(issue_s.size) - first[group]
+    width = int(counts.max())
+    starts = np.full((issues.size, width), np.nan)
+    fracs = np.zeros((issues.size, width))
+    starts[group, col] = target_s
+    fracs[group, col] = values
+
+    epoch_start_s = start_s + epoch_s * np.arange(n_epochs, dtype=np.float64)
+    issue_of_epoch = np.searchsorted(issues, epoch_start_s + 1e-6, side="right") - 1
+    epochs = np.flatnonzero(issue_of_epoch >= 0)
+    n_ahead = n_leads * k  # steps from each epoch's start
+    offsets_s = step_s * np.arange(n_ahead, dtype=np.float64)
+    chunk = max(1, 4_000_000 // (width * n_ahead))
+    for lo in range(0, epochs.size, chunk):
+        ee = epochs[lo : lo + chunk]
+        a = starts[issue_of_epoch[ee]][:, :, None]  # (c, R, 1)
+        v = fracs[issue_of_epoch[ee]][:, :, None]
+        s = (epoch_start_s[ee][:, None] + offsets_s)[:, None, :]  # (c, 1, J)
+        overlap = np.minimum(a + target_step_s, s + step_s) - np.maximum(a, s)
+        overlap = np.where(np.isnan(overlap), 0.0, np.maximum(overlap, 0.0))
+        covered = overlap.sum(axis=1)
+        mean_frac = (overlap * v).sum(axis=1) / step_s
+        mean_frac[np.abs(covered - step_s) > 1e-6 * step_s] = np.nan
+        mean_frac[ee[:, None] * k + np.arange(n_ahead) >= n_steps] = np.nan
+        surplus = np.maximum(mean_frac * source.capacity_w - base_load_w, 0.0)  # NaN stays NaN
+        out[ee] = surplus.reshape(ee.size, n_leads, k).mean(axis=2)
+    return out
 
 
 def _carbon(
