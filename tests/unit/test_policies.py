@@ -323,3 +323,19 @@ def test_pause_when_dirty_shares_a_site_between_jobs(running: bool) -> None:
     view = cluster_view([1.5 * P], jobs)  # covers one job, not two
     decisions = PauseWhenDirty().decide(0.0, view)
     assert sorted(d.action.value for d in decisions.values()) == ["pause", "run"]
+
+
+@pytest.mark.parametrize(("error_decay_s", "moves"), [(0.0, False), (6 * HOUR, True)])
+def test_lookahead_carries_the_measured_forecast_error_forward(error_decay_s: float, moves: bool) -> None:
+    # Yesterday (the forecast) site 1 had nothing; today it has 1 kW now. Trusting the forecast, the
+    # surplus is gone by the time a move lands; carrying today's error forward, it lasts a few hours.
+    me = job_view(0, 0, checkpoint_bytes=1e9, remaining_work_s=12 * HOUR)
+    view = cluster_view([0.0, 1000.0], [me], forecast_w=np.zeros((2, H)), epoch_s=HOUR / 4)
+    decision = Lookahead(error_decay_s=error_decay_s).decide(0.0, view)[0]
+    assert decision == (Decision.migrate(1) if moves else Decision.run())
+
+
+def test_lookahead_error_correction_leaves_a_forecast_that_starts_from_the_measurement_alone() -> None:
+    fc = forecast_windows(2, H, {1: (0, 3)})
+    view = cluster_view([0.0, 1000.0], [job_view(0, 0)], forecast_w=fc, epoch_s=HOUR)
+    np.testing.assert_array_equal(Lookahead()._corrected_forecast_w(view), fc)

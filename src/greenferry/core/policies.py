@@ -188,11 +188,14 @@ class Lookahead:
         replan_interval_s: longest time a plan is followed without re-planning.
         min_dwell_s: no new move within this long after the last one landed (against thrashing on
             forecast noise; the plan itself already prices every move).
+        error_decay_s: time constant with which the forecast's measured error now fades over the
+            horizon (0: trust the forecast as given).
     """
 
     horizon_s: float = 86_400.0
     replan_interval_s: float = 3600.0
     min_dwell_s: float = 0.0
+    error_decay_s: float = 1800.0
     name: str = "lookahead"
     _plans: dict[int, _JobPlan] = field(default_factory=dict, repr=False)
 
@@ -205,6 +208,24 @@ class Lookahead:
         # The plan counted on this epoch being covered (or not): re-plan if the measurement disagrees.
         measured_cover = bool(view.headroom_w(job)[job.site] >= job.power_w)
         return measured_cover != bool(entry.assumed_cover[k])
+
+    def _corrected_forecast_w(self, view: ClusterView) -> FloatArray:
+        """The forecast, with today's measured error at lead 0 carried forward and fading.
+
+        A forecast that disagrees with the measurement now (yesterday was sunny, today is cloudy) is
+        likely to keep disagreeing for a while: the difference is added to every lead, decaying with
+        time constant ``error_decay_s``. Forecasts that already start from the measurement (perfect,
+        persistence, nowcast files) are unchanged.
+        """
+        forecast = view.forecast_surplus_w
+        if self.error_decay_s <= 0 or forecast.shape[1] == 0:
+            return forecast
+        error_w = view.surplus_w - forecast[:, 0]
+        lead_s = view.epoch_s * np.arange(forecast.shape[1])
+        corrected: FloatArray = np.maximum(
+            forecast + error_w[:, None] * np.exp(-lead_s / self.error_decay_s)[None, :], 0.0
+        )
+        return corrected
 
     def _horizon(self, view: ClusterView) -> int:
         return min(max(1, round(self.horizon_s / view.epoch_s)), int(view.forecast_surplus_w.shape[1]))
@@ -242,7 +263,7 @@ class Lookahead:
         remaining = max(1, math.ceil(job.remaining_work_s / view.epoch_s - 1e-9))
         h = min(horizon, remaining)
         self._reserve(reserved, now_s, job, view, -1.0)  # everyone else's load
-        headroom = view.forecast_surplus_w[:, :h] - reserved[:, :h]
+        headroom = self._corrected_forecast_w(view)[:, :h] - reserved[:, :h]
         headroom[:, 0] = view.headroom_w(job)
         cached = self._plans.get(job.job_id)
         costs = cached.costs if cached is not None else None
