@@ -339,3 +339,14 @@ def test_lookahead_error_correction_leaves_a_forecast_that_starts_from_the_measu
     fc = forecast_windows(2, H, {1: (0, 3)})
     view = cluster_view([0.0, 1000.0], [job_view(0, 0)], forecast_w=fc, epoch_s=HOUR)
     np.testing.assert_array_equal(Lookahead()._corrected_forecast_w(view), fc)
+
+
+@pytest.mark.parametrize(("surprise_fraction", "moves"), [(0.25, True), (2.0, False)])
+def test_lookahead_replans_on_a_surprise_at_another_site(surprise_fraction: float, moves: bool) -> None:
+    policy = Lookahead(replan_interval_s=6 * HOUR, surprise_fraction=surprise_fraction)
+    me = job_view(0, 0, checkpoint_bytes=1e9)
+    first = cluster_view([0.0, 0.0], [me], forecast_w=np.zeros((2, H)), epoch_s=HOUR)
+    assert policy.decide(0.0, first)[0] == Decision.run()  # nothing anywhere: stay
+    # An hour later site 1 has surplus nobody forecast; the current site is as dark as planned.
+    second = cluster_view([0.0, 1000.0], [me], forecast_w=forecast_windows(2, H, {1: (0, H)}), epoch_s=HOUR)
+    assert policy.decide(HOUR, second)[0] == (Decision.migrate(1) if moves else Decision.run())

@@ -174,14 +174,17 @@ class _JobPlan:
     made_s: float
     costs: MigrationCosts
     assumed_cover: npt.NDArray[np.bool_]  # (H,) whether the plan expected its site covered per epoch
+    expected_w: FloatArray  # (S, H) headroom the plan expected, clipped to [0, job power]
 
 
 @dataclass
 class Lookahead:
     """Receding-horizon placement: plan over the forecast, apply the first step, re-plan.
 
-    Re-plans every ``replan_interval_s``, whenever the job is not where its plan expects it, and when the
-    measured surplus at its site contradicts the plan's forecast for the current epoch.
+    Re-plans every ``replan_interval_s``, whenever the job is not where its plan expects it, when the
+    measured surplus at its site contradicts the plan's forecast for the current epoch, and when the
+    headroom measured at any site differs from what the plan expected by more than ``surprise_fraction``
+    of the job's power (a forecast surprise elsewhere may open a better move).
 
     Args:
         horizon_s: planning horizon.
@@ -190,12 +193,15 @@ class Lookahead:
             forecast noise; the plan itself already prices every move).
         error_decay_s: time constant with which the forecast's measured error now fades over the
             horizon (0: trust the forecast as given).
+        surprise_fraction: share of the job's power by which a site's measured headroom may differ from
+            the plan's expectation before the plan is remade.
     """
 
     horizon_s: float = 86_400.0
     replan_interval_s: float = 3600.0
     min_dwell_s: float = 0.0
     error_decay_s: float = 1800.0
+    surprise_fraction: float = 0.25
     name: str = "lookahead"
     _plans: dict[int, _JobPlan] = field(default_factory=dict, repr=False)
 
@@ -206,8 +212,12 @@ class Lookahead:
         if k < 0 or k >= entry.plan.sites.size or entry.plan.sites[k] != job.site:
             return True
         # The plan counted on this epoch being covered (or not): re-plan if the measurement disagrees.
-        measured_cover = bool(view.headroom_w(job)[job.site] >= job.power_w)
-        return measured_cover != bool(entry.assumed_cover[k])
+        headroom = view.headroom_w(job)
+        measured_cover = bool(headroom[job.site] >= job.power_w)
+        if measured_cover != bool(entry.assumed_cover[k]):
+            return True
+        surprise_w = np.abs(np.clip(headroom, 0.0, job.power_w) - entry.expected_w[:, k])
+        return bool(np.any(surprise_w > self.surprise_fraction * job.power_w))
 
     def _corrected_forecast_w(self, view: ClusterView) -> FloatArray:
         """The forecast, with today's measured error at lead 0 carried forward and fading.
@@ -276,7 +286,7 @@ class Lookahead:
         assumed = np.zeros(plan.sites.size, dtype=np.bool_)
         epochs = np.flatnonzero(on_site)
         assumed[epochs] = headroom[plan.sites[epochs], epochs] >= job.power_w
-        entry = _JobPlan(plan, now_s, costs, assumed)
+        entry = _JobPlan(plan, now_s, costs, assumed, np.clip(headroom, 0.0, job.power_w))
         self._plans[job.job_id] = entry
         self._reserve(reserved, now_s, job, view, 1.0)
         return entry
