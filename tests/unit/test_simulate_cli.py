@@ -124,6 +124,25 @@ def test_simulate_scenario_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert (out / "summary.json").is_file()
 
 
+def test_simulate_coupled_bound_keeps_json_clean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "gen.csv").write_text(TINY_CSV, encoding="utf-8")
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY, encoding="utf-8")
+    args = ["simulate", "--scenario", str(scenario), "--policies", "static,energy-greedy,lookahead"]
+    args += ["--out", str(tmp_path / "out"), "--json", "--no-plots"]
+    assert main([*args, "--coupled-bound"]) == 0
+    tight = json.loads(capsys.readouterr().out)  # the LP solver printed nothing on stdout
+    assert main(args) == 0
+    loose = json.loads(capsys.readouterr().out)
+    for name in ("static", "energy-greedy", "lookahead"):
+        bound, per_job = (
+            tight["policies"][name]["oracle_bound_kwh"],
+            loose["policies"][name]["oracle_bound_kwh"],
+        )
+        assert bound >= per_job * (1 - 1e-9)
+        assert tight["policies"][name]["ratio_to_oracle"] >= 1 - 1e-9
+
+
 @pytest.mark.parametrize(
     ("args", "mentions"),
     [
