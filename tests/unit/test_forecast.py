@@ -9,6 +9,7 @@ import pytest
 from greenferry.core.forecast import (
     FORECAST_KINDS,
     FileForecast,
+    ForecastSkill,
     NoisyForecast,
     PerfectForecast,
     PersistenceForecast,
@@ -136,3 +137,41 @@ def test_make_forecaster_by_name() -> None:
         assert isinstance(make_forecaster(kind, truth, EPOCH_S), cls)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown forecast kind"):
         make_forecaster("crystal-ball", truth, EPOCH_S)  # type: ignore[arg-type]
+
+
+# --- forecast skill, learnt online ---------------------------------------------------------------------
+
+
+def _score(forecaster: object, truth: npt.NDArray[np.float64], horizon: int) -> ForecastSkill:
+    skill = ForecastSkill()
+    for epoch in range(truth.shape[1]):
+        measured = truth[:, epoch]
+        skill.observe(epoch, measured, forecaster.forecast(epoch, measured, horizon))  # type: ignore[attr-defined]
+    return skill
+
+
+def test_a_perfect_forecast_has_no_error_at_any_lead() -> None:
+    truth = np.abs(np.sin(np.linspace(0, 12 * np.pi, 600)))[None, :] * 1000.0
+    mae = _score(PerfectForecast(truth), truth, 24).mae_w(24)
+    np.testing.assert_allclose(mae, 0.0, atol=1e-9)
+
+
+def test_persistence_error_grows_with_lead_on_a_daily_cycle() -> None:
+    day = 24
+    t = np.arange(20 * day)
+    truth = (np.maximum(np.sin(2 * np.pi * t / day), 0.0) * 1000.0)[None, :]
+    mae = _score(PersistenceForecast(), truth, day).mae_w(day)
+    assert mae[0] == 0.0  # lead 0 is never scored: it is the measurement
+    assert 0 < mae[1] < mae[3] < mae[6]
+    assert mae[12] > 400.0  # half a day ahead, the sun is on the other side
+
+
+def test_each_epoch_is_scored_once_and_gaps_are_not_scored() -> None:
+    skill = ForecastSkill()
+    wrong = np.full((1, 4), 1000.0)
+    skill.observe(0, np.zeros(1), wrong)
+    skill.observe(0, np.zeros(1), np.zeros((1, 4)))  # same epoch again (another job's view): ignored
+    skill.observe(1, np.zeros(1), np.zeros((1, 4)))
+    np.testing.assert_allclose(skill.mae_w(4), [0.0, 1000.0, 0.0, 0.0])
+    skill.observe(5, np.zeros(1), np.zeros((1, 4)))  # forecasts from epochs 0 and 1 are out of reach now
+    np.testing.assert_allclose(skill.mae_w(4), [0.0, 1000.0, 0.0, 0.0])

@@ -343,10 +343,24 @@ def test_lookahead_error_correction_leaves_a_forecast_that_starts_from_the_measu
 
 @pytest.mark.parametrize(("surprise_fraction", "moves"), [(0.25, True), (2.0, False)])
 def test_lookahead_replans_on_a_surprise_at_another_site(surprise_fraction: float, moves: bool) -> None:
-    policy = Lookahead(replan_interval_s=6 * HOUR, surprise_fraction=surprise_fraction)
+    # Forecast skill off: one bad hour would otherwise (rightly) make it wait an epoch to be sure.
+    policy = Lookahead(replan_interval_s=6 * HOUR, surprise_fraction=surprise_fraction, skill_aware=False)
     me = job_view(0, 0, checkpoint_bytes=1e9)
     first = cluster_view([0.0, 0.0], [me], forecast_w=np.zeros((2, H)), epoch_s=HOUR)
     assert policy.decide(0.0, first)[0] == Decision.run()  # nothing anywhere: stay
     # An hour later site 1 has surplus nobody forecast; the current site is as dark as planned.
     second = cluster_view([0.0, 1000.0], [me], forecast_w=forecast_windows(2, H, {1: (0, H)}), epoch_s=HOUR)
     assert policy.decide(HOUR, second)[0] == (Decision.migrate(1) if moves else Decision.run())
+
+
+def test_lookahead_shrinks_leads_its_forecast_got_wrong() -> None:
+    policy = Lookahead(error_decay_s=0.0)
+    me = job_view(0, 0)
+    promise = forecast_windows(2, H, {1: (0, H)})  # site 1 covered all day, says the forecast
+    for epoch in range(3):  # ... and it never is
+        view = cluster_view([0.0, 0.0], [me], forecast_w=promise, epoch_s=HOUR, now_s=epoch * HOUR)
+        policy.decide(epoch * HOUR, view)
+    view = cluster_view([0.0, 0.0], [me], forecast_w=promise, epoch_s=HOUR, now_s=3 * HOUR)
+    trusted = policy._trusted_forecast_w(view, me)
+    assert trusted[1, 1] == 0.0  # a lead that was off by more than the job's power is not believed
+    assert Lookahead(error_decay_s=0.0, skill_aware=False)._trusted_forecast_w(view, me)[1, 1] == 1000.0

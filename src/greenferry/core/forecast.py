@@ -172,3 +172,61 @@ def make_forecaster(
             )
         return FileForecast(provided_w, SameTimeYesterdayForecast(epoch_surplus_w, epoch_s))
     raise ValueError(f"unknown forecast kind {kind!r}; known: {', '.join(FORECAST_KINDS)}")
+
+
+@dataclass
+class ForecastSkill:
+    """How wrong a forecast has been at each lead, learnt online from what was measured later.
+
+    ``observe`` is given, once per decision epoch, the surplus measured now and the (S, H) forecast
+    issued now. It compares the measurement with what every earlier forecast still in reach said about
+    this epoch and keeps, per lead, a running mean of the absolute error (mean over sites, W). A perfect
+    forecast keeps every error at zero. Pure: no clock, O(S H) per epoch.
+
+    Args:
+        weight: weight of a new error sample in the running mean, once ``1 / weight`` samples are in.
+    """
+
+    weight: float = 0.01
+    _issued: FloatArray | None = None  # (H, S, H) ring of issued forecasts, by issue epoch mod H
+    _issued_epoch: npt.NDArray[np.int64] | None = None  # (H,) issue epoch held in each ring slot
+    _mae_w: FloatArray | None = None  # (H,)
+    _samples: npt.NDArray[np.int64] | None = None  # (H,)
+    _last_epoch: int | None = None
+
+    def observe(self, epoch: int, measured_now_w: FloatArray, forecast_w: FloatArray) -> None:
+        """Score earlier forecasts against ``measured_now_w`` and remember ``forecast_w`` (once per epoch)."""
+        if epoch == self._last_epoch:
+            return
+        self._last_epoch = epoch
+        n_sites, horizon = forecast_w.shape
+        if self._issued is None or self._issued.shape[1:] != (n_sites, horizon):
+            self._issued = np.zeros((horizon, n_sites, horizon))
+            self._issued_epoch = np.full(horizon, -(2**62), dtype=np.int64)
+            self._mae_w = np.zeros(horizon)
+            self._samples = np.zeros(horizon, dtype=np.int64)
+        issued_epoch, mae_w, samples = self._issued_epoch, self._mae_w, self._samples
+        assert issued_epoch is not None
+        assert mae_w is not None
+        assert samples is not None
+        leads = np.arange(1, horizon)
+        slots = (epoch - leads) % horizon
+        valid = issued_epoch[slots] == epoch - leads
+        if valid.any():
+            said = self._issued[slots[valid], :, leads[valid]]  # (n, S)
+            error = np.abs(said - measured_now_w[None, :]).mean(axis=1)
+            k = leads[valid]
+            samples[k] += 1
+            rate = np.maximum(self.weight, 1.0 / samples[k])
+            mae_w[k] += rate * (error - mae_w[k])
+        self._issued[epoch % horizon] = forecast_w
+        issued_epoch[epoch % horizon] = epoch
+
+    def mae_w(self, horizon: int) -> FloatArray:
+        """Mean absolute error (W) per lead 0..horizon-1 so far; zero where nothing was scored yet."""
+        out = np.zeros(horizon)
+        if self._mae_w is not None:
+            n = min(horizon, self._mae_w.size)
+            out[:n] = self._mae_w[:n]
+            out[n:] = self._mae_w[-1] if self._mae_w.size else 0.0
+        return out

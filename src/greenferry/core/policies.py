@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from greenferry.core.feasibility import migration_energy_j, migration_time_s
+from greenferry.core.forecast import ForecastSkill
 from greenferry.core.lookahead import STAY, MigrationCosts, Plan, migration_costs, plan_placement
 from greenferry.core.policy import ClusterView, Decision, JobView, covered_run_epochs, register_policy
 
@@ -202,8 +203,10 @@ class Lookahead:
     min_dwell_s: float = 0.0
     error_decay_s: float = 1800.0
     surprise_fraction: float = 0.25
+    skill_aware: bool = True
     name: str = "lookahead"
     _plans: dict[int, _JobPlan] = field(default_factory=dict, repr=False)
+    _skill: ForecastSkill = field(default_factory=ForecastSkill, repr=False)
 
     def _needs_replan(self, now_s: float, job: JobView, view: ClusterView, entry: _JobPlan | None) -> bool:
         if entry is None or now_s - entry.made_s >= self.replan_interval_s - 1e-6:
@@ -218,6 +221,21 @@ class Lookahead:
             return True
         surprise_w = np.abs(np.clip(headroom, 0.0, job.power_w) - entry.expected_w[:, k])
         return bool(np.any(surprise_w > self.surprise_fraction * job.power_w))
+
+    def _trusted_forecast_w(self, view: ClusterView, job: JobView) -> FloatArray:
+        """The corrected forecast, each lead shrunk toward no surplus by how wrong that lead has been.
+
+        Lead k is scaled by ``1 - MAE_k / P_job`` (clipped to [0, 1]), with MAE_k learnt online
+        (``ForecastSkill``): a perfect forecast is used as given, while a forecast whose far leads have
+        been off by a job's power or more stops attracting moves toward windows it cannot vouch for.
+        """
+        forecast = self._corrected_forecast_w(view)
+        if not self.skill_aware or forecast.shape[1] < 2:
+            return forecast
+        trust = np.clip(1.0 - self._skill.mae_w(forecast.shape[1]) / job.power_w, 0.0, 1.0)
+        trust[0] = 1.0
+        trusted: FloatArray = forecast * trust[None, :]
+        return trusted
 
     def _corrected_forecast_w(self, view: ClusterView) -> FloatArray:
         """The forecast, with today's measured error at lead 0 carried forward and fading.
@@ -273,7 +291,7 @@ class Lookahead:
         remaining = max(1, math.ceil(job.remaining_work_s / view.epoch_s - 1e-9))
         h = min(horizon, remaining)
         self._reserve(reserved, now_s, job, view, -1.0)  # everyone else's load
-        headroom = self._corrected_forecast_w(view)[:, :h] - reserved[:, :h]
+        headroom = self._trusted_forecast_w(view, job)[:, :h] - reserved[:, :h]
         headroom[:, 0] = view.headroom_w(job)
         cached = self._plans.get(job.job_id)
         costs = cached.costs if cached is not None else None
@@ -316,6 +334,8 @@ class Lookahead:
         for job_id in [i for i, e in self._plans.items() if now_s - e.made_s > expiry_s]:
             del self._plans[job_id]
         reserved: FloatArray | None = None
+        if self.skill_aware and view.jobs:  # score the forecasts once per epoch (isolated worlds ask per job)
+            self._skill.observe(round(now_s / view.epoch_s), view.surplus_w, self._corrected_forecast_w(view))
         for job in view.jobs:
             out[job.job_id] = Decision.run()
             entry = self._plans.get(job.job_id)
