@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from worlds import job, make_world, random_windows_world, run
+from worlds import job, make_world, random_windows_world, run, tiny_scenario
 
 from greenferry.core.coupled_bound import CoupledProblem, coupled_lower_bound
 from greenferry.core.oracle import solve
@@ -156,49 +156,11 @@ def test_bad_input_raises(change: Callable[[CoupledProblem], dict[str, object]],
         coupled_lower_bound(bad)
 
 
-TINY_CSV = "time,power\n" + "".join(f"2024-01-01T{h:02d}:00:00Z,{(h % 5) * 300}\n" for h in range(12))
-
-TINY = """\
-name = "tiny-shared"
-description = "two sites, one slot each, three jobs"
-start = 2024-01-01T00:00:00Z
-duration = "12h"
-step = "15min"
-decision_interval = "15min"
-
-[[sites]]
-name = "east"
-gpu_slots = 1
-[[sites.sources]]
-type = "csv"
-path = "gen.csv"
-time_column = "time"
-value_column = "power"
-unit = "W"
-
-[[sites]]
-name = "west"
-gpu_slots = 1
-[[sites.sources]]
-type = "csv"
-path = "gen.csv"
-time_column = "time"
-value_column = "power"
-unit = "W"
-shift = "3h"
-
-[jobs]
-count = 3
-spacing = "1h"
-work = ["1h", "3h"]
-checkpoint = ["1GB", "10GB"]
-"""
-
-
 def test_compare_uses_the_coupled_bound(tmp_path: Path) -> None:
-    (tmp_path / "gen.csv").write_text(TINY_CSV, encoding="utf-8")
-    (tmp_path / "tiny.toml").write_text(TINY, encoding="utf-8")
-    spec, base = load_scenario(str(tmp_path / "tiny.toml"))
+    path = tiny_scenario(
+        tmp_path, "tiny-shared", decision_interval="15min", gpu_slots=1, jobs=3, spacing="1h"
+    )
+    spec, base = load_scenario(path)
     comparison = compare(spec, base, [*ONLINE_POLICIES, "oracle"], 1, coupled_bound=True)
     loose = compare(spec, base, [*ONLINE_POLICIES, "oracle"], 1)
     for name in ONLINE_POLICIES:

@@ -8,13 +8,13 @@ of the development data set (skipped if absent, failed in CI).
 from __future__ import annotations
 
 import math
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+from worlds import shared_file
 
 from greenferry.core.forecast import (
     FORECAST_KINDS,
@@ -40,7 +40,6 @@ DAY = 24
 N_SITES, N_EPOCHS, N_LEADS = 3, DAY * 4, 5
 
 REPO = Path(__file__).parents[2]
-SHARED_DATA = REPO.parent / "shared" / "data"
 SOLCAST_DIR = ("solar", "vessim_solcast2022_global")
 
 
@@ -392,17 +391,6 @@ def test_file_type_without_any_forecast_file(tmp_path: Path) -> None:
 
 
 # --- the real Solcast forecast (development data set) ------------------------------------------------------
-
-
-def shared_file(*parts: str) -> Path:
-    """A file of the development data set next to the repository; skipped if absent (failed in CI)."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.is_file():
-        message = f"development data set file not present: {path}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 REAL = """name = "solcast-real"

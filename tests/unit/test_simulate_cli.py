@@ -9,45 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
+from worlds import tiny_scenario
 
 from greenferry.cli import EXIT_USAGE, main
 from greenferry.sim.results import METRIC_NAMES
-
-TINY_CSV = "time,power\n" + "".join(f"2024-01-01T{h:02d}:00:00Z,{(h % 5) * 300}\n" for h in range(12))
-
-TINY = """\
-name = "tiny-cli"
-description = "two sites, one CSV trace"
-start = 2024-01-01T00:00:00Z
-duration = "12h"
-step = "15min"
-decision_interval = "30min"
-
-[[sites]]
-name = "east"
-[[sites.sources]]
-type = "csv"
-path = "gen.csv"
-time_column = "time"
-value_column = "power"
-unit = "W"
-
-[[sites]]
-name = "west"
-[[sites.sources]]
-type = "csv"
-path = "gen.csv"
-time_column = "time"
-value_column = "power"
-unit = "W"
-shift = "3h"
-
-[jobs]
-count = 2
-spacing = "2h"
-work = ["1h", "3h"]
-checkpoint = ["1GB", "10GB"]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +75,7 @@ def test_simulate_paper_writes_files(paper_run: tuple[int, str, str, Path]) -> N
 
 
 def test_simulate_scenario_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "gen.csv").write_text(TINY_CSV, encoding="utf-8")
-    scenario = tmp_path / "tiny.toml"
-    scenario.write_text(TINY, encoding="utf-8")
+    scenario = tiny_scenario(tmp_path, "tiny-cli")
     out = tmp_path / "out"
     code = main(["simulate", "--scenario", str(scenario), "--out", str(out), "--json", "--no-plots"])
     assert code == 0
@@ -125,9 +88,7 @@ def test_simulate_scenario_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_simulate_coupled_bound_keeps_json_clean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "gen.csv").write_text(TINY_CSV, encoding="utf-8")
-    scenario = tmp_path / "tiny.toml"
-    scenario.write_text(TINY, encoding="utf-8")
+    scenario = tiny_scenario(tmp_path, "tiny-cli")
     args = ["simulate", "--scenario", str(scenario), "--policies", "static,energy-greedy,lookahead"]
     args += ["--out", str(tmp_path / "out"), "--json", "--no-plots"]
     assert main([*args, "--coupled-bound"]) == 0
@@ -190,9 +151,7 @@ def test_scenarios_show(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
 
 
 def test_simulate_prints_a_table_without_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "gen.csv").write_text(TINY_CSV, encoding="utf-8")
-    scenario = tmp_path / "tiny.toml"
-    scenario.write_text(TINY, encoding="utf-8")
+    scenario = tiny_scenario(tmp_path, "tiny-cli")
     out = tmp_path / "out"
     args = ["simulate", "--scenario", str(scenario), "--policies", "static,oracle", "--out", str(out)]
     assert main([*args, "--no-plots"]) == 0

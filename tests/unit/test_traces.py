@@ -5,12 +5,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-import os
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pytest
+from worlds import shared_file
 
 from greenferry.errors import TraceError
 from greenferry.sim import traces
@@ -31,20 +30,8 @@ from greenferry.sim.traces import (
     window_lengths_s,
 )
 
-SHARED_DATA = Path(__file__).parents[3] / "shared" / "data"
 ZONES = ("AU-NSW", "DE-LU", "IN-WE", "JP-TK", "US-CAL-CISO", "US-NY-NYIS", "US-TEX-ERCO", "ZA")
 PRICES = ("price", "prices_2022_hourly_utc_converted.csv")
-
-
-def shared_file(*parts: str) -> Path:
-    """A file of the development data set next to the repository; skipped if absent (failed in CI)."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.is_file():
-        message = f"development data set file not present: {path}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def utc(text: str) -> int:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from greenferry.core.feasibility import MigrationParams
 from greenferry.core.forecast import PerfectForecast
@@ -250,3 +253,65 @@ def cluster_view(
         link_busy=busy,
         jobs=list(jobs),
     )
+
+
+# --- the development data set, and a tiny two-site scenario ------------------------------------------------
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def shared_file(*parts: str) -> Path:
+    """A file of the development data set next to the repository; skipped if absent (failed in CI)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.is_file():
+        message = f"development data set file not present: {path}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+TINY_CSV = "time,power\n" + "".join(f"2024-01-01T{h:02d}:00:00Z,{(h % 5) * 300}\n" for h in range(12))
+
+
+def tiny_scenario(
+    tmp_path: Path,
+    name: str,
+    *,
+    decision_interval: str = "30min",
+    gpu_slots: int = 4,
+    jobs: int = 2,
+    spacing: str = "2h",
+    description: str = "two sites, one CSV trace",
+) -> Path:
+    """Write a 12 h two-site scenario (one CSV, the second site 3 h later) and its trace; return its path."""
+    (tmp_path / "gen.csv").write_text(TINY_CSV, encoding="utf-8")
+    site = """
+[[sites]]
+name = "{site}"
+gpu_slots = {slots}
+[[sites.sources]]
+type = "csv"
+path = "gen.csv"
+time_column = "time"
+value_column = "power"
+unit = "W"
+"""
+    text = f"""\
+name = "{name}"
+description = "{description}"
+start = 2024-01-01T00:00:00Z
+duration = "12h"
+step = "15min"
+decision_interval = "{decision_interval}"
+{site.format(site="east", slots=gpu_slots)}{site.format(site="west", slots=gpu_slots)}shift = "3h"
+
+[jobs]
+count = {jobs}
+spacing = "{spacing}"
+work = ["1h", "3h"]
+checkpoint = ["1GB", "10GB"]
+"""
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
