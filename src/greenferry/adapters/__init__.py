@@ -1,0 +1,1 @@
+"""The only place third-party I/O libraries are imported: MQTT, InfluxDB, NVML, RAPL, HTTP, systemd."""

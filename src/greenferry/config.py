@@ -1,0 +1,378 @@
+"""The node daemon's configuration: one TOML file, validated by pydantic, overridable from the environment.
+
+Every key can be overridden by an environment variable ``GREENFERRY_<SECTION>__<KEY>`` (nested sections
+join with ``__``, e.g. ``GREENFERRY_MQTT__PORT=1884`` or ``GREENFERRY_SIGNALS__PRODUCTION__TOPIC=pv/w``).
+Environment values win over the file. Errors name the file (or variable) and the field.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
+
+from greenferry.core.signals import SignalKind
+from greenferry.errors import ConfigError
+
+__all__ = [
+    "ENV_PREFIX",
+    "DaemonConfig",
+    "HttpConfig",
+    "InfluxTelemetryConfig",
+    "MqttConfig",
+    "NodeConfig",
+    "PowerConfig",
+    "SignalConfig",
+    "SignalsConfig",
+    "SqliteTelemetryConfig",
+    "TlsConfig",
+    "load_config",
+]
+
+ENV_PREFIX = "GREENFERRY_"
+MAX_CONFIG_BYTES = 1024 * 1024
+_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"  # node names appear in MQTT topics and file names
+_TOPIC_FORBIDDEN = ("+", "#", "\x00")
+
+
+# The environment that overrides the file in the current load_config call (os.environ by default).
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("greenferry_config_environ", default=None)
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source, reading a given mapping instead of os.environ."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        environ = _ENVIRON.get()
+        return parse_env_vars(
+            os.environ if environ is None else environ,
+            self.case_sensitive,
+            self.env_ignore_empty,
+            self.env_parse_none_str,
+        )
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeConfig(_Section):
+    """[node]: who this node is and where it keeps its state."""
+
+    name: str = Field(pattern=_NAME_RE, description="Node name, unique in the fleet (used in MQTT topics).")
+    site: str = Field(pattern=_NAME_RE, description="Site (micro-datacenter) this node belongs to.")
+    hardware_profile: str = Field("h100-sxm", description="Built-in profile name or a profile YAML path.")
+    gpu_count: int = Field(1, ge=0, le=64, description="GPUs on this node (used by the model power meter).")
+    data_dir: Path = Field(Path("/var/lib/greenferry"), description="State: spool, SQLite, journals.")
+    policy: str = Field("lookahead", description="Orchestration policy name (see `greenferry simulate`).")
+    decision_interval_s: float = Field(10.0, gt=0, le=3600, allow_inf_nan=False)
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        from greenferry.core.policy import policy_names
+
+        names = policy_names()
+        if value not in names:
+            raise ValueError(f"unknown policy {value!r}; known: {', '.join(names)}")
+        return value
+
+    @field_validator("hardware_profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        from greenferry.hardware_profiles import resolve_profile
+
+        resolve_profile(value)  # raises ConfigError (a ValueError) naming the problem
+        return value
+
+
+class TlsConfig(_Section):
+    """[mqtt.tls]: server verification and optional client certificate."""
+
+    ca_file: Path | None = Field(None, description="CA bundle to verify the broker (None: system store).")
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = Field(False, description="Skip hostname verification (testing only).")
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class MqttConfig(_Section):
+    """[mqtt]: the broker the node subscribes to and publishes its status on."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsConfig | None = None
+    client_id: str | None = Field(None, description="Default: greenferry-<node name>.")
+    topic_prefix: str = Field("greenferry/v1", min_length=1)
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    reconnect_min_s: float = Field(0.2, gt=0, le=60, allow_inf_nan=False)
+    reconnect_max_s: float = Field(5.0, gt=0, le=600, allow_inf_nan=False)
+    max_payload_bytes: int = Field(256 * 1024, ge=64, le=16 * 1024 * 1024)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        _check_topic(value)
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _delays(self) -> Self:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        if self.password is not None and self.username is None:
+            raise ValueError("password needs a username")
+        return self
+
+
+PayloadFormat = Literal["number", "json", "greenferry"]
+
+
+class SignalConfig(_Section):
+    """[signals.<kind>]: where one signal comes from and how to read it."""
+
+    topic: str = Field(min_length=1, description="MQTT topic (wildcards allowed for subscription).")
+    format: PayloadFormat = Field(
+        "number",
+        description="number: a plain number (Tasmota/evcc/HA); json: a number at `field`; "
+        "greenferry: the documented greenferry schema for this kind.",
+    )
+    field: str | None = Field(None, description="Dotted path to the value in JSON, e.g. ENERGY.Power.")
+    scale: float = Field(1.0, gt=0, allow_inf_nan=False, description="Factor to SI (1000 for kW).")
+    max_age_s: float = Field(300.0, gt=0, description="A reading older than this is stale (s).")
+    qos: Literal[0, 1, 2] = 1
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("topic must not contain NUL")
+        return value
+
+    @model_validator(mode="after")
+    def _field_for_json(self) -> Self:
+        if self.format == "json" and not self.field:
+            raise ValueError("format 'json' needs `field`, the dotted path to the value")
+        if self.format != "json" and self.field:
+            raise ValueError("`field` only applies to format 'json'")
+        if not math.isfinite(self.max_age_s):
+            raise ValueError("max_age_s must be finite")
+        return self
+
+
+class SignalsConfig(_Section):
+    """[signals]: every signal is optional; a missing one is simply not known."""
+
+    production: SignalConfig | None = None
+    load: SignalConfig | None = None
+    surplus_forecast: SignalConfig | None = None
+    carbon: SignalConfig | None = None
+    price: SignalConfig | None = None
+    demand_response: SignalConfig | None = None
+
+    def configured(self) -> dict[SignalKind, SignalConfig]:
+        """The configured signals by kind."""
+        out: dict[SignalKind, SignalConfig] = {}
+        for kind in SignalKind:
+            signal = getattr(self, kind.value)
+            if signal is not None:
+                out[kind] = signal
+        return out
+
+
+class InfluxTelemetryConfig(_Section):
+    """[telemetry] type = "influxdb": InfluxDB 2, or anything speaking /api/v2/write (VictoriaMetrics)."""
+
+    type: Literal["influxdb"]
+    url: str = Field(pattern=r"^https?://", description="e.g. http://influx.example:8086")
+    token: SecretStr = SecretStr("")
+    org: str = "greenferry"
+    bucket: str = "greenferry"
+    batch_size: int = Field(5000, ge=1, le=100_000)
+    flush_interval_s: float = Field(1.0, gt=0, le=600, allow_inf_nan=False)
+    gzip: bool = True
+    timeout_s: float = Field(10.0, gt=0, le=300, allow_inf_nan=False)
+    spool_max_bytes: int = Field(256 * 1024 * 1024, ge=64 * 1024, description="Disk spool bound (bytes).")
+    sample_interval_s: float = Field(5.0, gt=0, le=3600, allow_inf_nan=False)
+
+
+class SqliteTelemetryConfig(_Section):
+    """[telemetry] type = "sqlite" (the default): a local store, read with `greenferry telemetry export`."""
+
+    type: Literal["sqlite"] = "sqlite"
+    path: Path | None = Field(None, description="Default: <data_dir>/telemetry.sqlite.")
+    retention_s: float = Field(7 * 86400.0, gt=0, allow_inf_nan=False)
+    sample_interval_s: float = Field(5.0, gt=0, le=3600, allow_inf_nan=False)
+
+
+TelemetryConfig = Annotated[InfluxTelemetryConfig | SqliteTelemetryConfig, Field(discriminator="type")]
+
+
+class PowerConfig(_Section):
+    """[power]: how GPU and host power are measured."""
+
+    source: Literal["auto", "nvml", "model"] = Field(
+        "auto", description="auto: NVML when it loads, else the hardware-profile model (one log line)."
+    )
+    interval_s: float = Field(1.0, gt=0, le=3600, allow_inf_nan=False)
+    rapl: bool = Field(True, description="Read host CPU power from /sys/class/powercap when readable.")
+    gpu_indices: list[int] | None = Field(None, description="NVML device indices to use (default: all).")
+
+
+class HttpConfig(_Section):
+    """[http]: the node endpoint (/healthz, /readyz, /metrics, /v1/status)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9470, ge=0, le=65535, description="0 picks a free port (tests).")
+
+
+class DaemonConfig(BaseSettings):
+    """The whole node configuration (node.toml)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    node: NodeConfig
+    mqtt: MqttConfig | None = None
+    signals: SignalsConfig = SignalsConfig()
+    telemetry: TelemetryConfig = SqliteTelemetryConfig()
+    power: PowerConfig = PowerConfig()
+    http: HttpConfig = HttpConfig()
+    shutdown_timeout_s: float = Field(10.0, gt=0, le=300, allow_inf_nan=False)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment overrides the file (passed as init values); no .env or secrets dir."""
+        return (_MappingEnvSource(settings_cls), init_settings)
+
+    @model_validator(mode="after")
+    def _signals_need_broker(self) -> Self:
+        if self.signals.configured() and self.mqtt is None:
+            raise ValueError("signals are configured but there is no [mqtt] section to receive them")
+        return self
+
+    @property
+    def telemetry_sqlite_path(self) -> Path:
+        """Where the SQLite telemetry store lives (also used as the spool directory's parent)."""
+        if isinstance(self.telemetry, SqliteTelemetryConfig) and self.telemetry.path is not None:
+            return self.telemetry.path
+        return self.node.data_dir / "telemetry.sqlite"
+
+    @property
+    def client_id(self) -> str:
+        """MQTT client id."""
+        if self.mqtt is not None and self.mqtt.client_id:
+            return self.mqtt.client_id
+        return f"greenferry-{self.node.name}"
+
+    def status_topic(self) -> str:
+        """Retained status topic, greenferry/v1/nodes/{node}/status."""
+        prefix = self.mqtt.topic_prefix if self.mqtt is not None else "greenferry/v1"
+        return f"{prefix}/nodes/{self.node.name}/status"
+
+
+def _check_topic(topic: str) -> None:
+    for bad in _TOPIC_FORBIDDEN:
+        if bad in topic:
+            raise ValueError(f"topic prefix must not contain {bad!r}")
+
+
+def _format_errors(source: str, err: ValidationError, environ: Mapping[str, str]) -> str:
+    lines = [f"{source}: {err.error_count()} problem(s)"]
+    env_keys = {k.upper() for k in environ if k.upper().startswith(ENV_PREFIX)}
+    for item in err.errors(include_url=False):
+        loc = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        env_name = ENV_PREFIX + "__".join(str(p).upper() for p in item["loc"])
+        origin = f" (from ${env_name})" if env_name in env_keys else ""
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"  {loc}{origin}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> DaemonConfig:
+    """Read, override from the environment, and validate a node config.
+
+    Args:
+        path: the TOML file.
+        environ: environment to read overrides from (default: ``os.environ``).
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not TOML, or does not validate; the message lists
+            every problem with its dotted field path.
+    """
+    path = Path(path)
+    env = dict(os.environ if environ is None else environ)
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size} bytes is too large for a config file (limit 1 MiB)")
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from err
+    try:
+        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    return config_from_mapping(data, source=str(path), environ=env)
+
+
+def config_from_mapping(
+    data: Mapping[str, Any], *, source: str = "<config>", environ: Mapping[str, str] | None = None
+) -> DaemonConfig:
+    """Validate an already parsed config, with environment overrides (see :func:`load_config`)."""
+    env = dict(os.environ if environ is None else environ)
+    token = _ENVIRON.set(env)
+    try:
+        return DaemonConfig(**data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err, env)) from err
+    except ValueError as err:  # e.g. an env var that is not valid JSON for a nested section
+        raise ConfigError(f"{source}: {err}") from err
+    finally:
+        _ENVIRON.reset(token)
