@@ -29,3 +29,23 @@ class TraceError(GreenferryError, ValueError):
         self.problem = problem
         self.row = row
         self.column = column
+
+
+class PayloadError(GreenferryError, ValueError):
+    """A message from outside (MQTT payload, peer request, OpenADR event) that cannot be accepted.
+
+    ``reason`` is short and stable (it labels a metric); the message adds the detail.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class ServiceUnavailable(GreenferryError):
+    """A configured service (broker, InfluxDB, NVML) could not be reached or refused us; says which and why."""
+
+
+class HardwareError(GreenferryError):
+    """The hardware refused an operation (e.g. a power limit outside the card's range, or without root)."""
