@@ -43,8 +43,8 @@ class PayloadError(GreenferryError, ValueError):
         self.detail = detail
 
 
-class ServiceUnavailable(GreenferryError):
-    """A configured service (broker, InfluxDB, NVML) could not be reached or refused us; says which and why."""
+class ServiceUnavailableError(GreenferryError):
+    """A configured service (broker, InfluxDB, NVML) could not be reached or refused us; says which, why."""
 
 
 class HardwareError(GreenferryError):
