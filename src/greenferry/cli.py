@@ -14,10 +14,12 @@ from greenferry.errors import GreenferryError
 
 # Each module registers its subcommands and sets ``func`` on them.
 _COMMAND_MODULES = (
+    "greenferry.commands.daemon",
     "greenferry.commands.feasibility",
     "greenferry.commands.profiles",
     "greenferry.commands.scenarios",
     "greenferry.commands.simulate",
+    "greenferry.commands.telemetry",
 )
 
 EXIT_USAGE = 2

@@ -86,7 +86,9 @@ class NodeConfig(_Section):
     gpu_count: int = Field(1, ge=0, le=64, description="GPUs on this node (used by the model power meter).")
     data_dir: Path = Field(Path("/var/lib/greenferry"), description="State: spool, SQLite, journals.")
     policy: str = Field("lookahead", description="Orchestration policy name (see `greenferry simulate`).")
-    decision_interval_s: float = Field(10.0, gt=0, le=3600, allow_inf_nan=False)
+    decision_interval_s: float = Field(
+        10.0, gt=0, le=3600, allow_inf_nan=False, description="Seconds between policy decisions."
+    )
 
     @field_validator("policy")
     @classmethod
@@ -125,17 +127,25 @@ class TlsConfig(_Section):
 class MqttConfig(_Section):
     """[mqtt]: the broker the node subscribes to and publishes its status on."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(1883, ge=1, le=65535)
-    username: str | None = None
-    password: SecretStr | None = None
-    tls: TlsConfig | None = None
+    host: str = Field("127.0.0.1", description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS).")
+    username: str | None = Field(None, description="Username, if the broker asks for one.")
+    password: SecretStr | None = Field(None, description="Password (prefer GREENFERRY_MQTT__PASSWORD).")
+    tls: TlsConfig | None = Field(None, description="TLS settings; a [mqtt.tls] section turns TLS on.")
     client_id: str | None = Field(None, description="Default: greenferry-<node name>.")
-    topic_prefix: str = Field("greenferry/v1", min_length=1)
-    keepalive_s: int = Field(30, ge=5, le=3600)
-    reconnect_min_s: float = Field(0.2, gt=0, le=60, allow_inf_nan=False)
-    reconnect_max_s: float = Field(5.0, gt=0, le=600, allow_inf_nan=False)
-    max_payload_bytes: int = Field(256 * 1024, ge=64, le=16 * 1024 * 1024)
+    topic_prefix: str = Field(
+        "greenferry/v1", min_length=1, description="Prefix of the topics greenferry publishes."
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval (s).")
+    reconnect_min_s: float = Field(
+        0.2, gt=0, le=60, allow_inf_nan=False, description="Shortest delay before a reconnect (s)."
+    )
+    reconnect_max_s: float = Field(
+        5.0, gt=0, le=600, allow_inf_nan=False, description="Longest delay between reconnects (s)."
+    )
+    max_payload_bytes: int = Field(
+        256 * 1024, ge=64, le=16 * 1024 * 1024, description="Larger payloads are rejected unread."
+    )
 
     @field_validator("topic_prefix")
     @classmethod
@@ -167,7 +177,7 @@ class SignalConfig(_Section):
     field: str | None = Field(None, description="Dotted path to the value in JSON, e.g. ENERGY.Power.")
     scale: float = Field(1.0, gt=0, allow_inf_nan=False, description="Factor to SI (1000 for kW).")
     max_age_s: float = Field(300.0, gt=0, description="A reading older than this is stale (s).")
-    qos: Literal[0, 1, 2] = 1
+    qos: Literal[0, 1, 2] = Field(1, description="Subscription QoS.")
 
     @field_validator("topic")
     @classmethod
@@ -249,8 +259,8 @@ class PowerConfig(_Section):
 class HttpConfig(_Section):
     """[http]: the node endpoint (/healthz, /readyz, /metrics, /v1/status)."""
 
-    enabled: bool = True
-    host: str = "127.0.0.1"
+    enabled: bool = Field(True, description="Serve the node endpoint.")
+    host: str = Field("127.0.0.1", description="Listen address (0.0.0.0 in containers).")
     port: int = Field(9470, ge=0, le=65535, description="0 picks a free port (tests).")
 
 
