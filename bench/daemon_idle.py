@@ -32,11 +32,14 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 
 
-def _proc_rss_mb(pid: int) -> float:
+def _proc_status_mb(pid: int, *keys: str) -> dict[str, float]:
+    """Fields of /proc/PID/status in MB: VmRSS and its anonymous and file-backed parts."""
+    values: dict[str, float] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+        key, _, rest = line.partition(":")
+        if key in keys:
+            values[key] = int(rest.split()[0]) / 1024
+    return values
 
 
 def main() -> int:
@@ -87,7 +90,7 @@ def main() -> int:
         cpu0, t0 = _proc_cpu_s(proc.pid), time.monotonic()
         time.sleep(args.seconds)
         cpu1, t1 = _proc_cpu_s(proc.pid), time.monotonic()
-        rss_mb = _proc_rss_mb(proc.pid)
+        memory = _proc_status_mb(proc.pid, "VmRSS", "RssAnon", "RssFile")
     finally:
         proc.terminate()
         proc.wait(20)
@@ -95,12 +98,17 @@ def main() -> int:
         if victoria is not None:
             victoria.close()
     cpu_share = (cpu1 - cpu0) / (t1 - t0)
+    rss_mb = memory["VmRSS"]
     print(
         json.dumps(
             {
                 "telemetry": "influxdb" if args.influx else "sqlite",
                 "idle_s": round(t1 - t0, 1),
                 "rss_mb": round(rss_mb, 1),
+                # RssFile is mapped library text and data (numpy's OpenBLAS alone is ~20 MB of it), shared
+                # with every other process that maps the same files; RssAnon is the daemon's own heap.
+                "rss_anon_mb": round(memory.get("RssAnon", float("nan")), 1),
+                "rss_file_mb": round(memory.get("RssFile", float("nan")), 1),
                 "cpu_share": round(cpu_share, 5),
                 "targets": {"rss_mb": RSS_TARGET_MB, "cpu_share": CPU_TARGET},
                 "pass": {"rss_mb": rss_mb <= RSS_TARGET_MB, "cpu_share": cpu_share <= CPU_TARGET},
