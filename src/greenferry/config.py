@@ -113,8 +113,8 @@ class TlsConfig(_Section):
     """[mqtt.tls]: server verification and optional client certificate."""
 
     ca_file: Path | None = Field(None, description="CA bundle to verify the broker (None: system store).")
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    cert_file: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    key_file: Path | None = Field(None, description="Private key (PEM) of the client certificate.")
     insecure: bool = Field(False, description="Skip hostname verification (testing only).")
 
     @model_validator(mode="after")
@@ -145,6 +145,13 @@ class MqttConfig(_Section):
     )
     max_payload_bytes: int = Field(
         256 * 1024, ge=64, le=16 * 1024 * 1024, description="Larger payloads are rejected unread."
+    )
+    status_interval_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        allow_inf_nan=False,
+        description="Seconds between refreshes of the retained status (surplus, power, stale signals).",
     )
 
     @field_validator("topic_prefix")
@@ -220,26 +227,42 @@ class SignalsConfig(_Section):
 class InfluxTelemetryConfig(_Section):
     """[telemetry] type = "influxdb": InfluxDB 2, or anything speaking /api/v2/write (VictoriaMetrics)."""
 
-    type: Literal["influxdb"]
+    type: Literal["influxdb"] = Field(description="Selects this sink.")
     url: str = Field(pattern=r"^https?://", description="e.g. http://influx.example:8086")
-    token: SecretStr = SecretStr("")
-    org: str = "greenferry"
-    bucket: str = "greenferry"
-    batch_size: int = Field(5000, ge=1, le=100_000)
-    flush_interval_s: float = Field(1.0, gt=0, le=600, allow_inf_nan=False)
-    gzip: bool = True
-    timeout_s: float = Field(10.0, gt=0, le=300, allow_inf_nan=False)
-    spool_max_bytes: int = Field(256 * 1024 * 1024, ge=64 * 1024, description="Disk spool bound (bytes).")
-    sample_interval_s: float = Field(5.0, gt=0, le=3600, allow_inf_nan=False)
+    token: SecretStr = Field(
+        SecretStr(""), description="API token (prefer GREENFERRY_TELEMETRY__TOKEN); empty for none."
+    )
+    org: str = Field("greenferry", description="InfluxDB organisation.")
+    bucket: str = Field("greenferry", description="InfluxDB bucket.")
+    batch_size: int = Field(5000, ge=1, le=100_000, description="Points per write request at most.")
+    flush_interval_s: float = Field(
+        1.0, gt=0, le=600, allow_inf_nan=False, description="Longest a point waits before a write (s)."
+    )
+    gzip: bool = Field(True, description="Compress write requests.")
+    timeout_s: float = Field(
+        10.0, gt=0, le=300, allow_inf_nan=False, description="Timeout of one write request (s)."
+    )
+    spool_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Disk spool bound while the server is unreachable (bytes); the oldest points go first.",
+    )
+    sample_interval_s: float = Field(
+        5.0, gt=0, le=3600, allow_inf_nan=False, description="Seconds between node and GPU telemetry points."
+    )
 
 
 class SqliteTelemetryConfig(_Section):
     """[telemetry] type = "sqlite" (the default): a local store, read with `greenferry telemetry export`."""
 
-    type: Literal["sqlite"] = "sqlite"
+    type: Literal["sqlite"] = Field("sqlite", description="Selects this sink (the default).")
     path: Path | None = Field(None, description="Default: <data_dir>/telemetry.sqlite.")
-    retention_s: float = Field(7 * 86400.0, gt=0, allow_inf_nan=False)
-    sample_interval_s: float = Field(5.0, gt=0, le=3600, allow_inf_nan=False)
+    retention_s: float = Field(
+        7 * 86400.0, gt=0, allow_inf_nan=False, description="Points older than this are deleted (s)."
+    )
+    sample_interval_s: float = Field(
+        5.0, gt=0, le=3600, allow_inf_nan=False, description="Seconds between node and GPU telemetry points."
+    )
 
 
 TelemetryConfig = Annotated[InfluxTelemetryConfig | SqliteTelemetryConfig, Field(discriminator="type")]
@@ -251,7 +274,9 @@ class PowerConfig(_Section):
     source: Literal["auto", "nvml", "model"] = Field(
         "auto", description="auto: NVML when it loads, else the hardware-profile model (one log line)."
     )
-    interval_s: float = Field(1.0, gt=0, le=3600, allow_inf_nan=False)
+    interval_s: float = Field(
+        1.0, gt=0, le=3600, allow_inf_nan=False, description="Seconds between power readings."
+    )
     rapl: bool = Field(True, description="Read host CPU power from /sys/class/powercap when readable.")
     gpu_indices: list[int] | None = Field(None, description="NVML device indices to use (default: all).")
 
@@ -281,7 +306,13 @@ class DaemonConfig(BaseSettings):
     telemetry: TelemetryConfig = SqliteTelemetryConfig()
     power: PowerConfig = PowerConfig()
     http: HttpConfig = HttpConfig()
-    shutdown_timeout_s: float = Field(10.0, gt=0, le=300, allow_inf_nan=False)
+    shutdown_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        allow_inf_nan=False,
+        description="Longest a graceful shutdown may take before the remaining tasks are cancelled (s).",
+    )
 
     @classmethod
     def settings_customise_sources(

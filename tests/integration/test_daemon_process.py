@@ -41,6 +41,7 @@ host = "127.0.0.1"
 port = {broker.port}
 reconnect_min_s = 0.05
 reconnect_max_s = 0.5
+status_interval_s = 1
 
 [signals.production]
 topic = "it/{node}/production_w"
@@ -176,6 +177,13 @@ def test_daemon_lifecycle_end_to_end(
             assert time.monotonic() < deadline, status
             time.sleep(0.1)
         assert status["surplus_w"] == 1500.0
+        # The retained status carries the surplus and power too, refreshed every status_interval_s.
+        retained = watcher.wait_for(
+            status_topic, lambda s: s.get("surplus_w") == 1500.0 and s.get("gpu_power_w") is not None
+        )
+        assert retained["state"] == "online"
+        assert retained["stale_signals"] == []
+        assert retained["site"] == "caiso"
         assert status["power"]["source"] == "model"
         assert len(status["power"]["gpus"]) == 3  # the environment override reached the daemon
         metrics = _get(base + "/metrics")[1].decode()

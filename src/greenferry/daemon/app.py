@@ -150,6 +150,21 @@ class NodeDaemon:
         """Wait until the daemon has started every component (tests, the demo)."""
         await asyncio.wait_for(self._ready.wait(), timeout_s)
 
+    def status_summary(self) -> dict[str, object]:
+        """What the retained MQTT status carries besides its state: surplus, power, stale signals."""
+        now_m = self.clock.monotonic_s()
+        sampler = self._components.get("sampler")
+        sample = getattr(sampler, "latest", None)
+        return {
+            "site": self.config.node.site,
+            "surplus_w": self.board.surplus_w(now_m),
+            "gpu_power_w": None if sample is None else sample.gpu_power_w,
+            "host_power_w": None if sample is None else sample.host_power_w,
+            "stale_signals": sorted(
+                kind.value for kind in self.config.signals.configured() if self.board.is_stale(kind, now_m)
+            ),
+        }
+
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -252,6 +267,7 @@ class NodeDaemon:
             )
             self._components["mqtt"] = mqtt
             runners["mqtt"] = mqtt
+            runners["status"] = _StatusReporter(self, mqtt, config.mqtt.status_interval_s)
 
         if config.http.enabled:
             http = await stack.enter_async_context(
@@ -260,6 +276,20 @@ class NodeDaemon:
             self.http_port = http.port
             self._components["http"] = http
             runners["http"] = http
+
+
+class _StatusReporter:
+    """Refreshes the retained status with :meth:`NodeDaemon.status_summary` every ``interval_s``."""
+
+    def __init__(self, daemon: NodeDaemon, mqtt: Any, interval_s: float) -> None:
+        self._daemon = daemon
+        self._mqtt = mqtt
+        self._interval_s = interval_s
+
+    async def run(self) -> None:
+        while True:
+            await self._mqtt.publish_status(self._daemon.status_summary())
+            await self._daemon.clock.sleep(self._interval_s)
 
 
 async def _enter(stack: AsyncExitStack, component: Any) -> Any:
