@@ -18,6 +18,7 @@ from greenferry.errors import GreenferryError
 _COMMAND_MODULES: dict[str, str] = {
     "daemon": "greenferry.commands.daemon",
     "check-config": "greenferry.commands.daemon",
+    "certs": "greenferry.commands.certs",
     "feasibility": "greenferry.commands.feasibility",
     "profiles": "greenferry.commands.profiles",
     "scenarios": "greenferry.commands.scenarios",

@@ -40,8 +40,11 @@ __all__ = [
     "DaemonConfig",
     "HttpConfig",
     "InfluxTelemetryConfig",
+    "MigrationConfig",
     "MqttConfig",
     "NodeConfig",
+    "PeerConfig",
+    "PeerTlsConfig",
     "PowerConfig",
     "SignalConfig",
     "SignalsConfig",
@@ -289,6 +292,94 @@ class HttpConfig(_Section):
     port: int = Field(9470, ge=0, le=65535, description="0 picks a free port (tests).")
 
 
+class PeerTlsConfig(_Section):
+    """[peer.tls]: this node's certificate for mutual TLS with its peers (`greenferry certs issue`)."""
+
+    ca_file: Path = Field(description="The cluster CA certificate (PEM): peers must be signed by it.")
+    cert_file: Path = Field(description="This node's certificate (PEM), signed by the cluster CA.")
+    key_file: Path = Field(description="This node's private key (PEM, mode 0600); also signs manifests.")
+
+
+class PeerConfig(_Section):
+    """[peer]: the peer API other daemons call to negotiate migrations and send checkpoints."""
+
+    host: str = Field("127.0.0.1", description="Listen address of the peer API.")
+    port: int = Field(9471, ge=0, le=65535, description="Listen port (0 picks a free port: tests, demo).")
+    advertise_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="URL peers use to reach this node (default: built from host and the bound port).",
+    )
+    tls: PeerTlsConfig | None = Field(None, description="Mutual TLS; required unless `insecure` is true.")
+    insecure: bool = Field(False, description="Plain HTTP without authentication: local demos only.")
+    advert_interval_s: float = Field(
+        10.0, gt=0, le=3600, allow_inf_nan=False, description="Seconds between state adverts on MQTT."
+    )
+    advert_max_age_s: float = Field(
+        60.0, gt=0, le=86400, allow_inf_nan=False, description="A peer silent this long is ignored."
+    )
+    default_bandwidth_bps: float = Field(
+        100e6,
+        gt=0,
+        allow_inf_nan=False,
+        description="Assumed bandwidth to a peer before a transfer measured it.",
+    )
+    streams: int = Field(4, ge=1, le=64, description="Parallel streams per checkpoint transfer.")
+    compress: bool = Field(False, description="zstd-compress chunks when both ends support it.")
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, le=2**31, description="Largest request body the peer API accepts."
+    )
+
+    @model_validator(mode="after")
+    def _auth(self) -> Self:
+        if self.tls is None and not self.insecure:
+            raise ValueError("[peer] needs a [peer.tls] section (mutual TLS), or insecure = true for demos")
+        if self.tls is not None and self.insecure:
+            raise ValueError("[peer] has both tls and insecure = true; choose one")
+        return self
+
+
+class MigrationConfig(_Section):
+    """[migration]: the feasibility model's parameters and the protocol's time limits."""
+
+    alpha: float = Field(
+        0.1, gt=0, le=1, allow_inf_nan=False, description="Share of the window a migration may use."
+    )
+    checkpoint_write_s: float = Field(
+        30.0, ge=0, allow_inf_nan=False, description="Expected time to write a checkpoint (s)."
+    )
+    restore_s: float = Field(30.0, ge=0, allow_inf_nan=False, description="Expected restore time (s).")
+    transfer_efficiency: float = Field(
+        0.9, gt=0, le=1, allow_inf_nan=False, description="Share of the bandwidth a transfer achieves."
+    )
+    network_energy_j_per_byte: float = Field(
+        8e-8, ge=0, allow_inf_nan=False, description="Network energy per byte moved (J/B)."
+    )
+    forecast_step_s: float = Field(
+        300.0, ge=1, le=3600, allow_inf_nan=False, description="Epoch length of the policies' forecast (s)."
+    )
+    horizon_s: float = Field(
+        86400.0, ge=60, le=7 * 86400, allow_inf_nan=False, description="How far ahead policies plan (s)."
+    )
+    deadline_factor: float = Field(
+        3.0,
+        ge=1,
+        le=100,
+        allow_inf_nan=False,
+        description="A migration aborts after this many times its predicted duration (plus slack_s).",
+    )
+    slack_s: float = Field(
+        60.0, ge=1, le=3600, allow_inf_nan=False, description="Fixed slack added to every deadline (s)."
+    )
+    confirm_timeout_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        allow_inf_nan=False,
+        description="A destination that started a job stops it if the source does not confirm within this.",
+    )
+
+
 class DaemonConfig(BaseSettings):
     """The whole node configuration (node.toml)."""
 
@@ -306,6 +397,8 @@ class DaemonConfig(BaseSettings):
     telemetry: TelemetryConfig = SqliteTelemetryConfig()
     power: PowerConfig = PowerConfig()
     http: HttpConfig = HttpConfig()
+    peer: PeerConfig | None = Field(None, description="The peer API; without it the node never migrates.")
+    migration: MigrationConfig = MigrationConfig()
     shutdown_timeout_s: float = Field(
         10.0,
         gt=0,
@@ -330,6 +423,8 @@ class DaemonConfig(BaseSettings):
     def _signals_need_broker(self) -> Self:
         if self.signals.configured() and self.mqtt is None:
             raise ValueError("signals are configured but there is no [mqtt] section to receive them")
+        if self.peer is not None and self.mqtt is None:
+            raise ValueError("[peer] needs an [mqtt] section: peers find each other through MQTT adverts")
         return self
 
     @property

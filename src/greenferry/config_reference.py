@@ -127,9 +127,13 @@ def _sections() -> Iterator[tuple[str, str, type[BaseModel], tuple[str, ...], fr
         kind = typing.get_args(model.model_fields["type"].annotation)[0]
         heading = f'[telemetry] type = "{kind}"'
         yield (heading, _intro(model), model, ("telemetry",), frozenset())
-    for section in ("power", "http"):
+    for section in ("power", "http", "peer"):
         model = _model_of(fields[section].annotation)
         yield (f"[{section}]", _intro(model), model, (section,), frozenset())
+    peer_tls = _model_of(_model_of(fields["peer"].annotation).model_fields["tls"].annotation)
+    yield ("[peer.tls]", _intro(peer_tls), peer_tls, ("peer", "tls"), frozenset())
+    migration = _model_of(fields["migration"].annotation)
+    yield ("[migration]", _intro(migration), migration, ("migration",), frozenset())
 
 
 def _escape(text: str) -> str:

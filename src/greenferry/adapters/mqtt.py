@@ -240,6 +240,7 @@ class MqttLink:
             )
             qos_by_filter[signal.topic] = max(signal.qos, qos_by_filter.get(signal.topic, 0))
         self._subscriptions = sorted(qos_by_filter.items())
+        self._extra: list[tuple[str, Callable[[str, bytes], None]]] = []
         self._route_cache: dict[str, tuple[_Route, ...]] = {}
         self._unrouted_rejected: dict[str, Any] = {}
         self._log_state: dict[str, list[float]] = {}  # topic -> [last log monotonic s, suppressed count]
@@ -418,6 +419,15 @@ class MqttLink:
         except (aiomqtt.MqttError, TimeoutError) as err:
             logger.warning("MQTT %s: unclean disconnect: %s", self._where, err or "timed out")
 
+    def add_handler(self, topic_filter: str, handler: Callable[[str, bytes], None], qos: int = 1) -> None:
+        """Also subscribe ``topic_filter`` and pass its messages to ``handler(topic, payload)``.
+
+        For greenferry's own topics (peer adverts); call before :meth:`run`. The handler must not block;
+        an exception it raises is logged and the message dropped.
+        """
+        self._extra.append((topic_filter, handler))
+        self._subscriptions = sorted({**dict(self._subscriptions), topic_filter: qos}.items())
+
     # --- publishing ------------------------------------------------------------------------------------
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
@@ -469,6 +479,8 @@ class MqttLink:
             payload = message.payload
             if not isinstance(payload, bytes):
                 payload = b"" if payload is None else str(payload).encode()
+            if self._extra and self._handled_extra(topic, payload):
+                return
             routes = self._route_cache.get(topic)
             if routes is None:
                 routes = self._resolve(topic)
@@ -480,6 +492,20 @@ class MqttLink:
                 self._dispatch(route, topic, payload)
         except Exception:  # the top of paho's read callback: a bug must not drop the connection
             logger.exception("MQTT: failed to handle a message on %r", topic)
+
+    def _handled_extra(self, topic: str, payload: bytes) -> bool:
+        handled = False
+        for topic_filter, handler in self._extra:
+            if topic_filter == topic or topic_matches_sub(topic_filter, topic):
+                handled = True
+                if len(payload) > self._mqtt.max_payload_bytes:
+                    logger.debug("MQTT: %d bytes on %s: over max_payload_bytes", len(payload), topic)
+                    continue
+                try:
+                    handler(topic, payload)
+                except Exception:  # a handler bug must not drop the connection
+                    logger.exception("MQTT: handler for %r failed on %r", topic_filter, topic)
+        return handled
 
     def _resolve(self, topic: str) -> tuple[_Route, ...]:
         routes = tuple(

@@ -66,4 +66,29 @@ class NodeStatus:
     details: dict[str, object] = field(default_factory=dict)
 
 
-Event = SignalAccepted | SignalRejected | PowerSample | NodeStatus
+@dataclass(frozen=True, slots=True)
+class JobProgressed:
+    """A job on this node reported progress (``progress`` 0..1 where the job knows its length)."""
+
+    time_s: float
+    job_id: str
+    step: int
+    progress: float | None
+    power_w: float
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationEnded:
+    """A migration this node took part in ended: ``outcome`` is "ok", "aborted" or "failed"."""
+
+    time_s: float
+    job_id: str
+    src: str
+    dst: str
+    outcome: str
+    size_bytes: int
+    duration_s: float
+    reason: str = ""
+
+
+Event = SignalAccepted | SignalRejected | PowerSample | NodeStatus | JobProgressed | MigrationEnded

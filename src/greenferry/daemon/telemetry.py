@@ -23,7 +23,14 @@ from prometheus_client import CollectorRegistry, Counter
 
 from greenferry.core.clock import Clock
 from greenferry.core.dr import DemandResponseEvent
-from greenferry.core.events import Event, PowerSample, SignalAccepted, SignalRejected
+from greenferry.core.events import (
+    Event,
+    JobProgressed,
+    MigrationEnded,
+    PowerSample,
+    SignalAccepted,
+    SignalRejected,
+)
 from greenferry.core.signals import SignalKind, SurplusWindow
 from greenferry.core.telemetry import FieldValue, Point
 from greenferry.daemon.bus import EventBus, Overflow, Subscription
@@ -581,7 +588,40 @@ class TelemetryRecorder:
                     points.append(point)
             elif isinstance(event, SignalRejected):
                 points.append(self._rejected_point(event))
+            elif isinstance(event, JobProgressed):
+                points.append(self._job_point(event))
+            elif isinstance(event, MigrationEnded):
+                points.append(self._migration_point(event))
         return points
+
+    def _job_point(self, event: JobProgressed) -> Point:
+        fields: dict[str, float | int] = {"step": event.step}
+        power_w = self._finite("job_progress", event.power_w)
+        if power_w is not None:
+            fields["power_w"] = power_w
+        progress = self._finite("job_progress", event.progress)
+        if progress is not None:
+            fields["progress"] = progress
+        return JOB_PROGRESS.point(
+            time_ns_from_s(event.time_s),
+            {"node": self._node, "site": self._site, "job": event.job_id},
+            fields,
+        )
+
+    def _migration_point(self, event: MigrationEnded) -> Point:
+        tags = {
+            "node": self._node,
+            "site": self._site,
+            "job": event.job_id,
+            "src": event.src,
+            "dst": event.dst,
+            "outcome": event.outcome,
+        }
+        fields: dict[str, float | int] = {"bytes": event.size_bytes}
+        duration_s = self._finite("migration", event.duration_s)
+        if duration_s is not None:
+            fields["duration_s"] = duration_s
+        return MIGRATION.point(time_ns_from_s(event.time_s), tags, fields)
 
     def self_point(self) -> Point:
         """The ``telemetry`` self-monitoring point for now (zeros for sinks that do not spool)."""
