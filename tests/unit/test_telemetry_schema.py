@@ -76,6 +76,9 @@ def test_declared_measurements_are_exactly_the_dashboard_contract() -> None:
         ("node_power", "host_energy_j"),
         ("signal", "windows"),
         ("signal", "active"),
+        ("job_progress", "progress"),
+        ("job_progress", "power_w"),
+        ("migration", "duration_s"),
     }
 
 
@@ -359,3 +362,27 @@ def test_docs_describe_every_measurement_tag_and_field() -> None:
         section = docs.split(f"### `{schema.name}`", 1)[1].split("\n### ", 1)[0]
         for name in [t.name for t in schema.tags] + [f.name for f in schema.fields]:
             assert f"`{name}`" in section, (schema.name, name)
+
+
+async def test_job_progress_and_migrations_become_points(tmp_path: Path) -> None:
+    from greenferry.core.events import JobProgressed, MigrationEnded
+
+    events = [
+        JobProgressed(T0, "train-1", 120, None, 310.0),
+        JobProgressed(T0 + 1, "train-1", 121, 0.5, float("nan")),
+        MigrationEnded(T0 + 2, "train-1", "n1", "n2", "ok", 10**9, 42.5),
+    ]
+    points = await _record(tmp_path, events)
+    jobs = [p for p in points if p.measurement == "job_progress"]
+    assert [p.fields for p in jobs] == [{"step": 120, "power_w": 310.0}, {"step": 121, "progress": 0.5}]
+    assert jobs[0].tags == {"node": "n1", "site": "s1", "job": "train-1"}
+    (migration,) = [p for p in points if p.measurement == "migration"]
+    assert migration.tags == {
+        "node": "n1",
+        "site": "s1",
+        "job": "train-1",
+        "src": "n1",
+        "dst": "n2",
+        "outcome": "ok",
+    }
+    assert migration.fields == {"bytes": 10**9, "duration_s": 42.5}

@@ -256,8 +256,10 @@ JOB_PROGRESS = Measurement(
     tags=(_NODE, _SITE, TagSpec("job", "job id")),
     fields=(
         FieldSpec("step", int, "1", "training step reached"),
-        FieldSpec("progress", float, "1", "fraction of the job done, 0..1"),
-        FieldSpec("power_w", float, "W", "power the job draws"),
+        FieldSpec(
+            "progress", float, "1", "fraction of the job done, 0..1 (when the job knows)", required=False
+        ),
+        FieldSpec("power_w", float, "W", "power the job draws", required=False),
     ),
     written="by the job runner while a job runs",
 )
@@ -274,7 +276,7 @@ MIGRATION = Measurement(
     ),
     fields=(
         FieldSpec("bytes", int, "B", "checkpoint bytes moved"),
-        FieldSpec("duration_s", float, "s", "checkpoint + transfer + restore time"),
+        FieldSpec("duration_s", float, "s", "checkpoint + transfer + restore time", required=False),
     ),
     written="by the migration protocol when a migration ends",
 )
