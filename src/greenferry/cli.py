@@ -20,6 +20,7 @@ _COMMAND_MODULES: dict[str, str] = {
     "check-config": "greenferry.commands.daemon",
     "certs": "greenferry.commands.certs",
     "feasibility": "greenferry.commands.feasibility",
+    "jobs": "greenferry.commands.jobs",
     "profiles": "greenferry.commands.profiles",
     "scenarios": "greenferry.commands.scenarios",
     "simulate": "greenferry.commands.simulate",
