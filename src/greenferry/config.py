@@ -441,6 +441,11 @@ class DaemonConfig(BaseSettings):
             return self.mqtt.client_id
         return f"greenferry-{self.node.name}"
 
+    @property
+    def mqtt_prefix(self) -> str:
+        """Prefix of greenferry's own topics (greenferry/v1 without an [mqtt] section)."""
+        return self.mqtt.topic_prefix if self.mqtt is not None else "greenferry/v1"
+
     def status_topic(self) -> str:
         """Retained status topic, greenferry/v1/nodes/{node}/status."""
         prefix = self.mqtt.topic_prefix if self.mqtt is not None else "greenferry/v1"

@@ -72,6 +72,14 @@ class Commit(_Message):
     """Source -> destination: you own the job at ``epoch`` now; start it."""
 
     epoch: int = Field(ge=1, le=2**62)
+    step: int | None = Field(None, ge=0, description="Training step of the checkpoint that moved.")
+    checkpoint_bytes: int | None = Field(None, ge=0, le=2**50, description="Its measured size.")
+    checkpoint_s: float | None = Field(
+        None, ge=0, le=86400, allow_inf_nan=False, description="Measured time the job took to checkpoint."
+    )
+    restore_s: float | None = Field(
+        None, ge=0, le=86400, allow_inf_nan=False, description="Measured time the job took to restart."
+    )
 
 
 class CommitReply(_Message):
@@ -79,6 +87,9 @@ class CommitReply(_Message):
 
     running: bool
     epoch: int = Field(ge=0)
+    restore_s: float | None = Field(
+        None, ge=0, le=86400, allow_inf_nan=False, description="Commit received -> job process running."
+    )
     reason: str = Field("", max_length=1000)
 
 

@@ -134,8 +134,33 @@ class NodeDaemon:
             },
             "meter": meter.describe() if meter is not None and hasattr(meter, "describe") else None,
             "telemetry": {"type": self.config.telemetry.type},
+            **self._jobs_status(),
         }
         return out
+
+    def _jobs_status(self) -> dict[str, object]:
+        """Jobs hosted here and migrations in flight (status, retained MQTT status, the demo view)."""
+        orchestrator = self._components.get("orchestrator")
+        if orchestrator is None:
+            return {"jobs": [], "migrations": [], "free_gpu_slots": None}
+        jobs = [
+            {"job_id": j.job_id, "state": j.state.value, "step": j.step, "epoch": j.epoch}
+            for j in orchestrator.journal.jobs()
+            if j.node == self.config.node.name and j.state.value not in ("completed", "failed", "cancelled")
+        ]
+        migrations = [
+            {
+                "migration_id": m.migration_id,
+                "job_id": m.job_id,
+                "src": m.src,
+                "dst": m.dst,
+                "phase": m.phase,
+                "total_bytes": m.total_bytes,
+                "done_bytes": m.done_bytes,
+            }
+            for m in orchestrator.in_flight.values()
+        ]
+        return {"jobs": jobs, "migrations": migrations, "free_gpu_slots": orchestrator.free_slots()}
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """Ready when every component started and the broker (if configured) is connected."""
@@ -163,6 +188,7 @@ class NodeDaemon:
             "stale_signals": sorted(
                 kind.value for kind in self.config.signals.configured() if self.board.is_stale(kind, now_m)
             ),
+            **self._jobs_status(),
         }
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -269,6 +295,8 @@ class NodeDaemon:
             runners["mqtt"] = mqtt
             runners["status"] = _StatusReporter(self, mqtt, config.mqtt.status_interval_s)
 
+        await self._start_jobs(stack, runners)
+
         if config.http.enabled:
             http = await stack.enter_async_context(
                 NodeHttpServer(config.http.host, config.http.port, self.registry, self.status, self.readiness)
@@ -276,6 +304,101 @@ class NodeDaemon:
             self.http_port = http.port
             self._components["http"] = http
             runners["http"] = http
+
+    async def _start_jobs(self, stack: AsyncExitStack, runners: dict[str, _Runnable]) -> None:
+        """Job supervisor, orchestrator, peer API and local API (in that order in, reverse order out)."""
+        from greenferry.adapters.local_api import LocalApiServer
+        from greenferry.daemon.jobs import JobSupervisor
+        from greenferry.daemon.orchestrator import Orchestrator
+        from greenferry.daemon.peer import PeerClient
+
+        config = self.config
+        supervisor = await stack.enter_async_context(
+            JobSupervisor(clock=self.clock, shutdown_timeout_s=max(1.0, config.shutdown_timeout_s / 2))
+        )
+        peer = config.peer
+        peer_client: PeerClient | None = None
+        server_ssl = None
+        signing_key = None
+        if peer is not None:
+            client_ssl = None
+            if peer.tls is not None:
+                from greenferry.adapters.pki import (
+                    NodeCertPaths,
+                    client_ssl_context,
+                    load_private_key,
+                    server_ssl_context,
+                )
+
+                paths = NodeCertPaths(peer.tls.ca_file, peer.tls.cert_file, peer.tls.key_file)
+                server_ssl = server_ssl_context(paths)
+                client_ssl = client_ssl_context(paths)
+                signing_key = load_private_key(peer.tls.key_file)
+            peer_client = await stack.enter_async_context(PeerClient(config.node.name, client_ssl))
+        mqtt = self._components.get("mqtt")
+        orchestrator = Orchestrator(
+            config,
+            self.clock,
+            self.bus,
+            self.board,
+            supervisor,
+            peer_client=peer_client,
+            signing_key=signing_key,
+            publish_advert=None if mqtt is None or peer is None else self._advert_publisher(mqtt),
+        )
+        stack.push_async_callback(orchestrator.close)  # checkpoints the jobs before the supervisor closes
+        self._components["orchestrator"] = orchestrator
+        if peer is not None:
+            server = await stack.enter_async_context(self._peer_server(orchestrator, server_ssl))
+            orchestrator.peer_url = peer.advertise_url or server.url
+            self._components["peer"] = server
+            if mqtt is not None:
+                mqtt.add_handler(f"{config.mqtt_prefix}/nodes/+/state", orchestrator.on_advert)
+        api = await stack.enter_async_context(LocalApiServer(orchestrator, config.node.data_dir))
+        self._components["api"] = api
+        await orchestrator.recover()
+        runners["orchestrator"] = orchestrator
+
+    def _advert_publisher(self, mqtt: Any) -> Callable[[bytes], Awaitable[None]]:
+        topic = f"{self.config.mqtt_prefix}/nodes/{self.config.node.name}/state"
+
+        async def publish(payload: bytes) -> None:
+            await mqtt.publish(topic, payload, qos=1, retain=True)
+
+        return publish
+
+    def _peer_server(self, orchestrator: Any, server_ssl: Any) -> Any:
+        from aiohttp import web
+
+        from greenferry.daemon.peer import PeerRequestError, PeerServer, caller_node
+        from greenferry.daemon.transfer import transfer_routes
+
+        peer = self.config.peer
+        assert peer is not None
+
+        def authorize(request: web.Request, transfer_id: str) -> None:
+            caller = caller_node(request, peer.insecure)
+            try:
+                orchestrator.authorize_transfer(caller, transfer_id)
+            except PeerRequestError as err:
+                raise web.HTTPNotFound(text=err.message) from None
+
+        store = orchestrator.chunks
+        routes = transfer_routes(
+            store,
+            max_chunk_bytes=min(store.max_chunk_bytes, peer.max_body_bytes),
+            authorize=authorize,
+            accept_zstd=peer.compress,
+        )
+        return PeerServer(
+            orchestrator,
+            peer.host,
+            peer.port,
+            ssl_context=server_ssl,
+            insecure=peer.insecure,
+            max_body_bytes=peer.max_body_bytes,
+            extra_routes=routes,
+        )
 
 
 class _StatusReporter:

@@ -205,7 +205,8 @@ class PeerServer:
         return f"{scheme}://{self._host}:{self.port}"
 
     async def __aenter__(self) -> Self:
-        runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        # auto_decompress off: zstd chunk bodies reach the transfer handler as sent (daemon/transfer.py).
+        runner = web.AppRunner(self._app, access_log=None, handle_signals=False, auto_decompress=False)
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port, ssl_context=self._ssl)
         try:

@@ -1,0 +1,1185 @@
+"""The node's job orchestration: runs the jobs it owns, asks the policy where they should be, and moves them.
+
+One :class:`Orchestrator` per daemon. It is three things at once:
+
+- the **job service** behind the local API (`greenferry jobs ...`): submit, list, show, cancel, migrate;
+- the **decision loop**: every ``node.decision_interval_s`` it builds the same ``ClusterView`` the
+  simulator builds (this node is site 0, fresh peers from their MQTT adverts follow) and applies the
+  configured policy's decisions (``lookahead`` by default): run, pause at a checkpoint, or migrate;
+- both ends of the **migration protocol** (docs/peer-protocol.md): offer, checkpoint, chunked transfer,
+  prepare, commit, confirm, with every step journaled first (daemon/journal.py) so a restart finishes or
+  rolls back what was in flight.
+
+Exactly one runner: the source stops the job at a checkpoint before anything moves; the destination starts
+it only on a commit that arrives before its reservation expires, and stops it again if the source does not
+confirm within ``migration.confirm_timeout_s``; the source rolls back only after a fence time later than
+anything the destination could still do. The source keeps its checkpoint until it has let go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import math
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from greenferry.adapters.local_api import JobConflictError, JobNotFoundError
+from greenferry.config import DaemonConfig
+from greenferry.core.clock import Clock
+from greenferry.core.events import JobProgressed, MigrationEnded
+from greenferry.core.feasibility import MigrationParams, assess
+from greenferry.core.jobs import ACTIVE_STATES, TERMINAL_STATES, JobInfo, JobSpec, JobState, transition
+from greenferry.core.peers import (
+    ADVERT_VERSION,
+    NodeAdvert,
+    PeerDirectory,
+    SiteState,
+    cluster_view,
+    forecast_matrix,
+    job_view,
+    parse_advert,
+)
+from greenferry.core.policy import Action, Policy, make_policy
+from greenferry.core.protocol import Abort, Commit, CommitReply, MigrationStatus, Offer, OfferReply, Prepare
+from greenferry.core.signals import SignalBoard, SignalKind, SurplusWindow
+from greenferry.daemon.bus import EventBus
+from greenferry.daemon.jobs import JobEvent, JobEventKind, JobSupervisor
+from greenferry.daemon.journal import Journal, MigrationRecord, MigrationRole, MigrationStep
+from greenferry.daemon.peer import PeerClient, PeerRequestError
+from greenferry.errors import GreenferryError, PayloadError, ServiceUnavailableError
+
+__all__ = ["MigrationProgress", "Orchestrator"]
+
+logger = logging.getLogger(__name__)
+
+_BANDWIDTH_EWMA = 0.5  # weight of the newest measured transfer in the bandwidth estimate
+
+
+@dataclass(slots=True)
+class MigrationProgress:
+    """A migration in flight, as the status and the demo view show it."""
+
+    migration_id: str
+    job_id: str
+    src: str
+    dst: str
+    phase: str
+    total_bytes: int = 0
+    done_bytes: int = 0
+    started_s: float = 0.0
+
+
+@dataclass(slots=True)
+class _Reservation:
+    migration_id: str
+    job_id: str
+    peer: str
+    gpu_count: int
+    offer: Offer
+    expires_m: float  # this node's monotonic time
+    started: bool = False
+    confirm_task: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class _Local:
+    """Per-job runtime state that is not journaled."""
+
+    last_migration_m: float = -math.inf
+    step: int | None = None
+    busy: bool = False  # a checkpoint or a migration is under way
+    progress: float | None = None
+    checkpoint_s: float | None = None  # measured, travels with the job (Commit)
+    restore_s: float | None = None
+
+
+@dataclass(slots=True)
+class _Stats:
+    migrations: int = 0
+    failed_migrations: int = 0
+    aborted_migrations: int = 0
+    bytes_sent: int = 0
+    bytes_skipped: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Orchestrator:
+    """Jobs, decisions and migrations of one node (see the module docstring).
+
+    Args:
+        config: the node configuration (needs [peer] to migrate; without it jobs only run here).
+        clock: the daemon's clock.
+        bus: where job progress and migration outcomes are published (telemetry subscribes).
+        board: the node's signal board (surplus now, forecast windows).
+        supervisor: runs job processes (daemon/jobs.py JobSupervisor).
+        peer_client: calls peers (None without [peer]).
+        signing_key: this node's private key for manifests (None when insecure).
+        publish_advert: publishes this node's advert (retained) on MQTT.
+    """
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        clock: Clock,
+        bus: EventBus,
+        board: SignalBoard,
+        supervisor: JobSupervisor,
+        *,
+        peer_client: PeerClient | None = None,
+        peer_url: str | None = None,
+        signing_key: Any = None,
+        publish_advert: Callable[[bytes], Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.node = config.node.name
+        self.clock = clock
+        self.bus = bus
+        self.board = board
+        self.supervisor = supervisor
+        self.peer_client = peer_client
+        self.peer_url = peer_url
+        self._signing_key = signing_key
+        self._publish_advert = publish_advert
+        data_dir = config.node.data_dir
+        self.jobs_root = data_dir / "jobs"
+        self.jobs_root.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(data_dir / "journal.sqlite")
+        from greenferry.daemon.transfer import ChunkStore
+
+        self.chunks = ChunkStore(data_dir / "chunks")
+        peer_max_age = config.peer.advert_max_age_s if config.peer is not None else 60.0
+        self.directory = PeerDirectory(self.node, peer_max_age)
+        self.policy: Policy = make_policy(config.node.policy)
+        self._policy_ids: dict[str, int] = {}
+        self._site_names: tuple[str, ...] = ()
+        self._local: dict[str, _Local] = {}
+        self._reservations: dict[str, _Reservation] = {}
+        self._bandwidth_bps: dict[str, float] = {}
+        self.in_flight: dict[str, MigrationProgress] = {}
+        self.stats = _Stats()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._params = MigrationParams(
+            checkpoint_write_s=config.migration.checkpoint_write_s,
+            restore_s=config.migration.restore_s,
+            transfer_efficiency=config.migration.transfer_efficiency,
+            alpha=config.migration.alpha,
+            network_energy_j_per_byte=config.migration.network_energy_j_per_byte,
+        )
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    async def recover(self) -> None:
+        """Finish or roll back what a previous process left in flight (call once, before run())."""
+        now = self.clock.now_s()
+        for info in self.journal.jobs():
+            if info.node == self.node and info.state in ACTIVE_STATES:
+                # The process died with the previous daemon (the SDK stops a job whose daemon is gone):
+                # it resumes from its last checkpoint.
+                self._put(info.model_copy(update={"state": JobState.PAUSED, "message": "daemon restarted"}))
+        for record in self.journal.migrations(open_only=True):
+            if record.role is MigrationRole.SOURCE:
+                if record.step is MigrationStep.COMMITTING:
+                    self._spawn(self._resolve_commit(record), f"resolve-{record.migration_id}")
+                else:
+                    self._spawn(self._abort_source(record, "source restarted before the commit"), "abort")
+            elif record.step is MigrationStep.STARTED:
+                self._spawn(self._doubt(record), f"doubt-{record.migration_id}")
+            else:
+                self.journal.advance(record, MigrationStep.ABORTED, now, reason="destination restarted")
+                self._drop_staging(record.migration_id)
+
+    async def run(self) -> None:
+        """The decision loop, the advert loop and the job event loop, until cancelled."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._decision_loop(), name="greenferry-decisions")
+                group.create_task(self._advert_loop(), name="greenferry-adverts")
+                group.create_task(self._job_events(), name="greenferry-job-events")
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Checkpoint every running job (it resumes at the next start), then close the journal."""
+        for info in self.journal.jobs():
+            if info.node == self.node and info.state in (JobState.RUNNING, JobState.STARTING):
+                try:
+                    await self._checkpoint(info, JobState.PAUSED, "daemon stopping")
+                except GreenferryError as err:
+                    logger.warning("job %s: no checkpoint at shutdown: %s", info.job_id, err)
+        self.journal.close()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=f"greenferry-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    # ---------------------------------------------------------------------------------- job service
+
+    async def submit(self, spec: JobSpec) -> JobInfo:
+        """Accept a new job here (it starts at the next decision)."""
+        held = self.journal.job(spec.job_id)
+        if held is not None and held.state not in TERMINAL_STATES:
+            raise JobConflictError(f"job {spec.job_id} already exists ({held.state.value} on {held.node})")
+        if spec.gpu_count > self.config.node.gpu_count:
+            raise JobConflictError(
+                f"job {spec.job_id} needs {spec.gpu_count} GPUs; "
+                f"node {self.node} has {self.config.node.gpu_count}"
+            )
+        info = JobInfo(job_id=spec.job_id, spec=spec, state=JobState.PENDING, node=self.node, epoch=0)
+        self._put(info)
+        self._wake.set()
+        return info
+
+    async def list_jobs(self) -> list[JobInfo]:
+        """Every job this node knows (including the ones that moved on)."""
+        return self.journal.jobs()
+
+    async def get(self, job_id: str) -> JobInfo:
+        """One job."""
+        info = self.journal.job(job_id)
+        if info is None:
+            raise JobNotFoundError(f"no job {job_id!r} on node {self.node}")
+        return info
+
+    async def cancel(self, job_id: str) -> JobInfo:
+        """Stop a job for good (its checkpoint is kept in its directory)."""
+        info = await self.get(job_id)
+        if info.node != self.node or info.state in TERMINAL_STATES:
+            raise JobConflictError(
+                f"job {job_id} is {info.state.value} on {info.node}: nothing to cancel here"
+            )
+        if self._local_of(job_id).busy or info.state is JobState.MIGRATING:
+            raise JobConflictError(f"job {job_id} is checkpointing or migrating; cancel it when that ends")
+        if info.state in ACTIVE_STATES:
+            await self.supervisor.stop(job_id)
+        return self._put(info.model_copy(update={"state": transition(info.state, JobState.CANCELLED)}))
+
+    async def migrate(self, job_id: str, to_node: str) -> JobInfo:
+        """Move a job to ``to_node`` now, if the destination accepts (the feasibility check still applies)."""
+        info = await self.get(job_id)
+        if info.node != self.node or info.state in TERMINAL_STATES:
+            raise JobConflictError(f"job {job_id} is {info.state.value} on {info.node}")
+        if not info.spec.migratable:
+            raise JobConflictError(f"job {job_id} is not migratable")
+        if self._local_of(job_id).busy:
+            raise JobConflictError(f"job {job_id} is already checkpointing or migrating")
+        if self.peer_client is None:
+            raise JobConflictError(f"node {self.node} has no [peer] section: it cannot migrate jobs")
+        advert = self.directory.get(to_node, self.clock.monotonic_s())
+        if advert is None or advert.peer_url is None:
+            raise JobConflictError(f"no fresh advert from node {to_node!r}; known: {self._peer_names()}")
+        self._local_of(job_id).busy = True
+        self._spawn(self._migrate(job_id, advert), f"migrate-{job_id}")
+        return info
+
+    def _peer_names(self) -> str:
+        return ", ".join(a.node for a in self.directory.peers(self.clock.monotonic_s())) or "none"
+
+    # ------------------------------------------------------------------------------------- state
+
+    def _put(self, info: JobInfo) -> JobInfo:
+        self.journal.put_job(info, self.clock.now_s())
+        return info
+
+    def _local_of(self, job_id: str) -> _Local:
+        local = self._local.get(job_id)
+        if local is None:
+            local = self._local[job_id] = _Local()
+        return local
+
+    def _owned(self) -> list[JobInfo]:
+        return [j for j in self.journal.jobs() if j.node == self.node and j.state not in TERMINAL_STATES]
+
+    def used_slots(self) -> int:
+        """GPU slots held by running jobs and open reservations."""
+        running = sum(j.spec.gpu_count for j in self._owned() if j.state in ACTIVE_STATES)
+        return running + sum(r.gpu_count for r in self._reservations.values() if not r.started)
+
+    def free_slots(self) -> int:
+        """GPU slots a new job could take."""
+        return max(0, self.config.node.gpu_count - self.used_slots())
+
+    def job_power_w(self, spec: JobSpec) -> float:
+        """Power the job draws while training (its spec, else the hardware profile's)."""
+        if spec.power_w is not None:
+            return spec.power_w
+        from greenferry.hardware_profiles import resolve_profile
+
+        profile = resolve_profile(spec.hardware_profile or self.config.node.hardware_profile)
+        return profile.train_power_w * max(1, spec.gpu_count) + profile.host_power_w
+
+    def _load_w(self) -> float:
+        return sum(self.job_power_w(j.spec) for j in self._owned() if j.state in ACTIVE_STATES)
+
+    def _windows(self) -> tuple[SurplusWindow, ...]:
+        reading = self.board.fresh(SignalKind.SURPLUS_FORECAST, self.clock.monotonic_s())
+        if reading is None or not isinstance(reading.value, tuple):
+            return ()
+        return tuple(w for w in reading.value if isinstance(w, SurplusWindow))
+
+    def advert(self) -> NodeAdvert:
+        """This node's advert as it stands."""
+        now_m = self.clock.monotonic_s()
+        return NodeAdvert(
+            version=ADVERT_VERSION,
+            node=self.node,
+            site=self.config.node.site,
+            peer_url=self.peer_url,
+            gpu_slots=self.config.node.gpu_count,
+            free_gpu_slots=self.free_slots(),
+            surplus_w=self.board.surplus_w(now_m),
+            load_w=self._load_w(),
+            windows=[
+                {"start": w.start_s, "end": w.end_s, "power_w": w.power_w} for w in self._windows()[:1000]
+            ],
+            jobs=[j.job_id for j in self._owned()][:4096],
+            time_s=self.clock.now_s(),
+        )
+
+    def on_advert(self, topic: str, payload: bytes) -> None:
+        """An advert from the MQTT state topic (``<prefix>/nodes/<node>/state``); bad ones are counted."""
+        node = topic.rsplit("/", 2)[-2] if topic.count("/") >= 2 else None
+        if not payload:
+            if node is not None:
+                self.directory.forget(node)
+            return
+        try:
+            advert = parse_advert(payload, node)
+        except PayloadError as err:
+            logger.debug("advert on %s rejected: %s", topic, err)
+            self.stats.extra["adverts_rejected"] = self.stats.extra.get("adverts_rejected", 0) + 1
+            return
+        self.directory.update(advert, self.clock.monotonic_s())
+
+    async def _advert_loop(self) -> None:
+        interval = self.config.peer.advert_interval_s if self.config.peer is not None else 30.0
+        while True:
+            if self._publish_advert is not None:
+                try:
+                    await self._publish_advert(self.advert().to_json())
+                except ServiceUnavailableError as err:
+                    logger.debug("advert not published: %s", err)
+            await self.clock.sleep(interval)
+
+    async def _job_events(self) -> None:
+        stream = self.supervisor.events("orchestrator")
+        try:
+            while (event := await stream.get()) is not None:
+                try:
+                    self._on_job_event(event)
+                except Exception:  # one bad event must not stop the loop
+                    logger.exception("job event %r not handled", event)
+        finally:
+            self.supervisor.unsubscribe(stream)
+
+    def _on_job_event(self, event: JobEvent) -> None:
+        info = self.journal.job(event.job_id)
+        if info is None or info.node != self.node:
+            return
+        local = self._local_of(event.job_id)
+        kind = event.kind
+        updates: dict[str, Any]
+        if kind is JobEventKind.PROGRESS:
+            step = int(event.step) if event.step is not None else None
+            local.step = step
+            updates = {"step": step}
+            if info.state is JobState.STARTING:
+                updates["state"] = transition(info.state, JobState.RUNNING)
+            self._put(info.model_copy(update=updates))
+            if step is not None:
+                progress = None if event.progress is None else float(event.progress)
+                local.progress = progress
+                self.bus.publish(
+                    JobProgressed(
+                        self.clock.now_s(), info.job_id, step, progress, self.job_power_w(info.spec)
+                    )
+                )
+        elif kind is JobEventKind.STARTED and info.state is JobState.STARTING:
+            self._put(info.model_copy(update={"state": JobState.RUNNING}))
+        elif kind is JobEventKind.COMPLETED and info.state in ACTIVE_STATES:
+            self._put(
+                info.model_copy(
+                    update={"state": transition(info.state, JobState.COMPLETED), "step": event.step}
+                )
+            )
+            self._wake.set()
+        elif kind in (JobEventKind.CHECKPOINTED, JobEventKind.STOPPED) and not local.busy:
+            # It stopped without being asked (SIGTERM from outside, or killed): it resumes from its
+            # checkpoint.
+            if info.state in ACTIVE_STATES:
+                updates = {
+                    "state": JobState.PAUSED,
+                    "message": f"{kind.value}: {event.detail}"[:4000],
+                }
+                if event.checkpoint is not None:
+                    updates["checkpoint_step"] = event.checkpoint.step
+                    updates["checkpoint_bytes"] = event.checkpoint.size_bytes
+                self._put(info.model_copy(update=updates))
+                self._wake.set()
+        elif kind is JobEventKind.FAILED and info.state in ACTIVE_STATES and not local.busy:
+            message = f"exit code {event.exit_code}: {event.detail}"[:4000]
+            self._put(
+                info.model_copy(update={"state": transition(info.state, JobState.FAILED), "message": message})
+            )
+            self._wake.set()
+
+    # ------------------------------------------------------------------------------------ decisions
+
+    async def _decision_loop(self) -> None:
+        while True:
+            try:
+                await self.decide_once()
+            except Exception:  # the top of a supervised loop: log and keep deciding
+                logger.exception("decision failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.node.decision_interval_s / _speed(self.clock)):
+                    await self._wake.wait()
+
+    def _policy_id(self, job_id: str) -> int:
+        if job_id not in self._policy_ids:
+            self._policy_ids[job_id] = len(self._policy_ids)
+        return self._policy_ids[job_id]
+
+    async def decide_once(self) -> None:
+        """One decision epoch: the policy's view of this node and its peers, and its decisions applied."""
+        now_m = self.clock.monotonic_s()
+        candidates = [
+            j
+            for j in self._owned()
+            if j.state in (JobState.PENDING, JobState.PAUSED, JobState.RUNNING)
+            and not self._local_of(j.job_id).busy
+        ]
+        if not candidates:
+            return
+        peers = [a for a in self.directory.peers(now_m) if a.peer_url] if self.peer_client is not None else []
+        sites = [
+            SiteState(
+                self.node, self.board.surplus_w(now_m), self._load_w(), self.free_slots(), self._windows()
+            )
+        ]
+        for advert in peers:
+            sites.append(
+                SiteState(
+                    advert.node,
+                    advert.surplus_w,
+                    advert.load_w,
+                    advert.free_gpu_slots,
+                    advert.surplus_windows(),
+                )
+            )
+        bandwidth = {}
+        busy_links: set[tuple[int, int]] = set()
+        for index, advert in enumerate(peers, start=1):
+            bandwidth[(0, index)] = self._bandwidth_to(advert.node)
+            if any(p.dst == advert.node for p in self.in_flight.values()):
+                busy_links.add((0, index))
+        views = []
+        by_id: dict[int, JobInfo] = {}
+        for info in candidates:
+            spec = info.spec
+            size = float(info.checkpoint_bytes or spec.checkpoint_size_bytes)
+            remaining = (
+                spec.work_s * (1 - (self._local_of(spec.job_id).progress or 0.0)) if spec.work_s else 86400.0
+            )
+            since = now_m - self._local_of(spec.job_id).last_migration_m
+            pid = self._policy_id(spec.job_id)
+            by_id[pid] = info
+            views.append(
+                job_view(
+                    pid,
+                    self.job_power_w(spec),
+                    size,
+                    remaining,
+                    since,
+                    self._params,
+                    running=info.state is JobState.RUNNING,
+                )
+            )
+        view = cluster_view(
+            self.clock.now_s(),
+            sites,
+            bandwidth,
+            busy_links,
+            views,
+            self.config.migration.forecast_step_s,
+            self.config.migration.horizon_s,
+        )
+        names = tuple(site.node for site in sites)
+        if names != self._site_names:
+            # Site indices name other nodes now: a stateful policy's plans and learnt forecast errors refer
+            # to the old list, so it starts afresh.
+            self.policy = make_policy(self.config.node.policy)
+            self._site_names = names
+        decisions = self.policy.decide(self.clock.now_s(), view)
+        for pid, info in by_id.items():
+            decision = decisions.get(pid)
+            action = (
+                decision.action
+                if decision is not None
+                else (Action.RUN if info.state is JobState.PENDING else None)
+            )
+            if action is Action.MIGRATE and decision is not None and 1 <= decision.dst_site <= len(peers):
+                movable = info.state is not JobState.PENDING or info.checkpoint_step is not None
+                if info.spec.migratable and movable:
+                    self._local_of(info.job_id).busy = True
+                    self._spawn(
+                        self._migrate(info.job_id, peers[decision.dst_site - 1]), f"migrate-{info.job_id}"
+                    )
+                    continue
+                action = Action.RUN
+            if action is Action.RUN and info.state in (JobState.PENDING, JobState.PAUSED):
+                if self.free_slots() >= info.spec.gpu_count:
+                    await self._start(
+                        info, resume=info.checkpoint_step is not None or info.state is JobState.PAUSED
+                    )
+            elif action is Action.PAUSE and info.state is JobState.RUNNING:
+                self._local_of(info.job_id).busy = True
+                self._spawn(self._pause(info), f"pause-{info.job_id}")
+
+    async def _start(self, info: JobInfo, *, resume: bool) -> None:
+        job_dir = self.jobs_root / info.job_id
+        self._put(info.model_copy(update={"state": transition(info.state, JobState.STARTING), "message": ""}))
+        try:
+            await self.supervisor.start(info.spec, job_dir, resume=resume)
+        except GreenferryError as err:
+            self._put(info.model_copy(update={"state": JobState.FAILED, "message": str(err)[:4000]}))
+            return
+        logger.info("job %s started on %s (%s)", info.job_id, self.node, "resumed" if resume else "fresh")
+
+    async def _pause(self, info: JobInfo) -> None:
+        try:
+            await self._checkpoint(info, JobState.PAUSED, "paused by the policy")
+        except GreenferryError as err:
+            logger.warning("job %s: pause failed: %s", info.job_id, err)
+        finally:
+            self._local_of(info.job_id).busy = False
+
+    async def _checkpoint(self, info: JobInfo, then: JobState, why: str) -> JobInfo:
+        """Ask the job to checkpoint and exit; record the checkpoint; the job ends in ``then``."""
+        info = self._put(info.model_copy(update={"state": transition(info.state, JobState.CHECKPOINTING)}))
+        try:
+            result = await self.supervisor.request_checkpoint(info.job_id, info.spec.checkpoint_timeout_s)
+            if result.duration_s is not None:
+                self._local_of(info.job_id).checkpoint_s = result.duration_s
+        except GreenferryError as err:
+            event = getattr(err, "event", None)
+            kind = getattr(event, "kind", None)
+            if kind is JobEventKind.COMPLETED:
+                # It finished while asked to save: nothing left to move or resume.
+                self._put(info.model_copy(update={"state": JobState.COMPLETED, "message": "completed"}))
+            elif kind is JobEventKind.FAILED:
+                detail = f"failed while checkpointing: {getattr(event, 'detail', '')}"[:4000]
+                self._put(info.model_copy(update={"state": JobState.FAILED, "message": detail}))
+            else:
+                # No new checkpoint: the previous one (if any) is intact and the job stopped; it resumes
+                # from it.
+                self._put(info.model_copy(update={"state": JobState.PAUSED, "message": "checkpoint failed"}))
+            raise
+        return self._put(
+            info.model_copy(
+                update={
+                    "state": transition(JobState.CHECKPOINTING, then),
+                    "checkpoint_step": result.step,
+                    "checkpoint_bytes": result.size_bytes,
+                    "message": why,
+                }
+            )
+        )
+
+    def _bandwidth_to(self, node: str) -> float:
+        default = self.config.peer.default_bandwidth_bps if self.config.peer is not None else 100e6
+        return self._bandwidth_bps.get(node, default)
+
+    def predicted_migration_s(self, size_bytes: float, node: str, job_id: str | None = None) -> float:
+        """T_ckpt + 8 S / (eta B) + T_restore: measured bandwidth to ``node``, and the job's own measured
+        checkpoint and restore times once it has had them (the configured ones before)."""
+        p = self._params
+        local = self._local.get(job_id) if job_id is not None else None
+        checkpoint_s = local.checkpoint_s if local is not None and local.checkpoint_s is not None else None
+        restore_s = local.restore_s if local is not None and local.restore_s is not None else None
+        return (
+            (p.checkpoint_write_s if checkpoint_s is None else checkpoint_s)
+            + 8 * size_bytes / (p.transfer_efficiency * self._bandwidth_to(node))
+            + (p.restore_s if restore_s is None else restore_s)
+        )
+
+    # ------------------------------------------------------------------------------- source side
+
+    async def _migrate(self, job_id: str, advert: NodeAdvert) -> None:
+        info = self.journal.job(job_id)
+        local = self._local_of(job_id)
+        try:
+            if info is None or info.node != self.node or advert.peer_url is None or self.peer_client is None:
+                return
+            await self._migrate_source(info, advert.node, advert.peer_url)
+        finally:
+            local.busy = False
+            self._wake.set()
+
+    async def _migrate_source(self, info: JobInfo, dst: str, url: str) -> None:
+        assert self.peer_client is not None
+        client = self.peer_client
+        mig = self.config.migration
+        size = int(info.checkpoint_bytes or info.spec.checkpoint_size_bytes)
+        predicted = self.predicted_migration_s(size, dst, info.job_id)
+        deadline_in = predicted * mig.deadline_factor + mig.slack_s
+        mid = uuid.uuid4().hex
+        started_m = self.clock.monotonic_s()
+        offer = Offer(
+            migration_id=mid,
+            source_node=self.node,
+            job=info.spec,
+            epoch=info.epoch,
+            step=info.checkpoint_step,
+            checkpoint_bytes=size,
+            predicted_migration_s=predicted,
+            deadline_in_s=deadline_in,
+        )
+        try:
+            reply = await client.offer(url, offer)
+        except (ServiceUnavailableError, PeerRequestError, GreenferryError) as err:
+            logger.info("job %s: offer to %s failed: %s", info.job_id, dst, err)
+            return
+        if not reply.accepted:
+            logger.info("job %s: %s declined: %s", info.job_id, dst, reply.reason)
+            return
+        fence_s = (
+            self.clock.now_s()
+            + deadline_in
+            + client.request_timeout_s
+            + mig.confirm_timeout_s
+            + info.spec.checkpoint_timeout_s
+            + mig.slack_s
+        )
+        record = self.journal.put_migration(
+            MigrationRecord(
+                mid,
+                info.job_id,
+                MigrationRole.SOURCE,
+                dst,
+                MigrationStep.OFFERED,
+                info.epoch,
+                fence_s,
+                {"url": url, "predicted_s": predicted, "deadline_in_s": deadline_in},
+            ),
+            self.clock.now_s(),
+        )
+        progress = MigrationProgress(
+            mid, info.job_id, self.node, dst, "checkpointing", size, 0, self.clock.now_s()
+        )
+        self.in_flight[mid] = progress
+        try:
+            async with asyncio.timeout(deadline_in / _speed(self.clock)):
+                t_stop = self.clock.monotonic_s()  # downtime starts: the job is asked to stop
+                if info.state in (JobState.RUNNING, JobState.STARTING):
+                    info = await self._checkpoint(info, JobState.MIGRATING, f"migrating to {dst}")
+                else:
+                    info = self._put(
+                        info.model_copy(update={"state": transition(info.state, JobState.MIGRATING)})
+                    )
+                ckpt_dir = self._checkpoint_dir(info.job_id)
+                t_ckpt = self.clock.monotonic_s()
+                record = self.journal.advance(
+                    record, MigrationStep.CHECKPOINTED, self.clock.now_s(), checkpoint_s=t_ckpt - t_stop
+                )
+                progress.phase = "transferring"
+                manifest = await self._build_manifest(ckpt_dir, info)
+                progress.total_bytes = int(manifest.total_bytes)
+                t_send = self.clock.monotonic_s()
+                stats = await self._send(url, mid, manifest, progress)
+                record = self.journal.advance(
+                    record,
+                    MigrationStep.TRANSFERRED,
+                    self.clock.now_s(),
+                    manifest_s=t_send - t_ckpt,
+                    transfer_s=stats.duration_s,
+                    total_bytes=manifest.total_bytes,
+                    bytes_sent=stats.bytes_sent,
+                    bytes_skipped=stats.bytes_skipped,
+                    wire_bytes=stats.wire_bytes,
+                    goodput_bps=stats.goodput_bps,
+                )
+                progress.phase = "restoring"
+                signature = self._sign(manifest)
+                await client.prepare(
+                    url,
+                    mid,
+                    Prepare(manifest=manifest.model_dump(mode="json"), signature_b64=signature),
+                    timeout_s=max(client.request_timeout_s, deadline_in),
+                )
+                record = self.journal.advance(
+                    record,
+                    MigrationStep.PREPARED,
+                    self.clock.now_s(),
+                    prepare_s=self.clock.monotonic_s() - t_send,
+                )
+        except (TimeoutError, GreenferryError, PeerRequestError, OSError) as err:
+            await self._abort_source(record, f"{type(err).__name__}: {err}", size)
+            return
+        finally:
+            if self.in_flight.get(mid) is progress and progress.phase != "restoring":
+                self.in_flight.pop(mid, None)
+        # The point of no return: from here the source rolls back only when it knows the destination will not
+        # (or can no longer) run the job.
+        record = self.journal.advance(record, MigrationStep.COMMITTING, self.clock.now_s())
+        try:
+            reply_c = await client.commit(
+                url,
+                mid,
+                Commit(
+                    epoch=info.epoch + 1,
+                    step=info.checkpoint_step,
+                    checkpoint_bytes=info.checkpoint_bytes,
+                    checkpoint_s=self._local_of(info.job_id).checkpoint_s,
+                ),
+                timeout_s=client.request_timeout_s + 4 * self.config.migration.restore_s,
+            )
+        except PeerRequestError as err:
+            await self._abort_source(record, f"commit refused: {err.message}", size)
+            return
+        except (ServiceUnavailableError, GreenferryError) as err:
+            logger.warning("job %s: commit to %s unanswered (%s); asking it", info.job_id, dst, err)
+            await self._resolve_commit(record)
+            return
+        if reply_c.running:
+            if reply_c.restore_s is not None:
+                self._local_of(info.job_id).restore_s = reply_c.restore_s
+            now_m = self.clock.monotonic_s()
+            record = self.journal.advance(
+                record,
+                MigrationStep.COMMITTING,
+                self.clock.now_s(),
+                total_s=now_m - started_m,
+                downtime_s=now_m - t_stop,
+            )
+            await self._released(record, int(stats.bytes_sent), now_m - started_m)
+        else:
+            await self._abort_source(record, f"destination did not start it: {reply_c.reason}", size)
+
+    def _checkpoint_dir(self, job_id: str) -> Path:
+        return self.jobs_root / job_id / "checkpoint"
+
+    async def _build_manifest(self, ckpt_dir: Path, info: JobInfo) -> Any:
+        from greenferry.daemon.transfer import build_manifest
+
+        return await build_manifest(
+            ckpt_dir,
+            store=self.chunks,
+            job_id=info.job_id,
+            epoch=info.epoch,
+            source_node=self.node,
+            now_s=self.clock.now_s(),
+        )
+
+    def _sign(self, manifest: Any) -> str:
+        if self._signing_key is None:
+            return "unsigned"
+        from greenferry.daemon.transfer import sign_manifest
+
+        return base64.b64encode(sign_manifest(manifest, self._signing_key)).decode()
+
+    async def _send(self, url: str, mid: str, manifest: Any, progress: MigrationProgress) -> Any:
+        from greenferry.daemon.transfer import send_chunks
+
+        assert self.peer_client is not None
+        assert self.config.peer is not None
+
+        def on_progress(done: int, total: int) -> None:
+            progress.done_bytes = done
+            progress.total_bytes = total
+
+        stats = await send_chunks(
+            self.peer_client.session,
+            url,
+            mid,
+            manifest,
+            self.chunks,
+            streams=self.config.peer.streams,
+            compress=self.config.peer.compress,
+            progress=on_progress,
+        )
+        self.stats.bytes_sent += int(stats.bytes_sent)
+        self.stats.bytes_skipped += int(stats.bytes_skipped)
+        if stats.bytes_sent >= 1_000_000 and stats.goodput_bps > 0:
+            old = self._bandwidth_bps.get(progress.dst)
+            measured = float(stats.goodput_bps) / self._params.transfer_efficiency
+            self._bandwidth_bps[progress.dst] = (
+                measured if old is None else _BANDWIDTH_EWMA * measured + (1 - _BANDWIDTH_EWMA) * old
+            )
+        return stats
+
+    async def _released(self, record: MigrationRecord, size_bytes: int, duration_s: float) -> None:
+        """The destination runs the job: let go (journal first), confirm, and keep nothing running here."""
+        self.journal.advance(record, MigrationStep.RELEASED, self.clock.now_s())
+        info = self.journal.job(record.job_id)
+        if info is not None and info.node == self.node:
+            self._put(
+                info.model_copy(
+                    update={
+                        "state": JobState.MIGRATED,
+                        "node": record.peer,
+                        "epoch": record.epoch + 1,
+                        "migrations": info.migrations + 1,
+                        "message": f"migrated to {record.peer}",
+                    }
+                )
+            )
+        self._local_of(record.job_id).last_migration_m = self.clock.monotonic_s()
+        self.in_flight.pop(record.migration_id, None)
+        self.stats.migrations += 1
+        self.bus.publish(
+            MigrationEnded(
+                self.clock.now_s(), record.job_id, self.node, record.peer, "ok", size_bytes, duration_s
+            )
+        )
+        logger.info("job %s migrated to %s (epoch %d)", record.job_id, record.peer, record.epoch + 1)
+        url = str(record.data.get("url", ""))
+        if self.peer_client is not None and url:
+            for _ in range(5):
+                try:
+                    await self.peer_client.confirm(url, record.migration_id)
+                    break
+                except (ServiceUnavailableError, PeerRequestError) as err:
+                    logger.debug("confirm to %s failed: %s", record.peer, err)
+                    await self.clock.sleep(1.0)
+        shutil.rmtree(self.jobs_root / record.job_id / "checkpoint", ignore_errors=True)
+
+    async def _abort_source(self, record: MigrationRecord, reason: str, size_bytes: int = 0) -> None:
+        """Roll back: tell the destination (best effort); the job is paused here at the same checkpoint."""
+        logger.warning("job %s: migration to %s aborted: %s", record.job_id, record.peer, reason)
+        record = self.journal.advance(record, MigrationStep.ABORTED, self.clock.now_s(), reason=reason[:1000])
+        self.in_flight.pop(record.migration_id, None)
+        info = self.journal.job(record.job_id)
+        if (
+            info is not None
+            and info.node == self.node
+            and info.state in (JobState.MIGRATING, JobState.CHECKPOINTING)
+        ):
+            self._put(
+                info.model_copy(update={"state": JobState.PAUSED, "message": f"migration aborted: {reason}"})
+            )
+        self.stats.aborted_migrations += 1
+        self.bus.publish(
+            MigrationEnded(
+                self.clock.now_s(),
+                record.job_id,
+                self.node,
+                record.peer,
+                "aborted",
+                size_bytes,
+                0.0,
+                reason[:200],
+            )
+        )
+        url = str(record.data.get("url", ""))
+        if self.peer_client is not None and url:
+            with contextlib.suppress(ServiceUnavailableError, PeerRequestError, GreenferryError):
+                await self.peer_client.abort(url, record.migration_id, reason)
+        self._wake.set()
+
+    async def _resolve_commit(self, record: MigrationRecord) -> None:
+        """After a commit without an answer: ask the destination until it says, or the fence time passes."""
+        url = str(record.data.get("url", ""))
+        while self.clock.now_s() < record.deadline_s:
+            if self.peer_client is not None and url:
+                try:
+                    status = await self.peer_client.status(url, record.migration_id)
+                except (ServiceUnavailableError, PeerRequestError, GreenferryError):
+                    status = None
+                if status is not None:
+                    if status.step in (MigrationStep.STARTED.value, MigrationStep.OWNED.value):
+                        await self._released(record, int(record.data.get("bytes_sent", 0)), 0.0)
+                        return
+                    if status.step in (MigrationStep.ABORTED.value, "unknown"):
+                        break
+                    # reserved / prepared: it never took the commit; an abort makes sure it never will.
+                    with contextlib.suppress(ServiceUnavailableError, PeerRequestError, GreenferryError):
+                        await self.peer_client.abort(url, record.migration_id, "commit unanswered")
+                        break
+            await self.clock.sleep(1.0)
+        self.stats.failed_migrations += 1
+        await self._abort_source(record, "the destination did not confirm before the fence time")
+
+    # -------------------------------------------------------------------------- destination side
+
+    def info(self) -> dict[str, Any]:
+        """GET /v1/info."""
+        return self.advert().model_dump(mode="json")
+
+    async def on_offer(self, peer: str, offer: Offer) -> OfferReply:
+        """Accept with a reservation when a slot is free, the job is new here, and the window fits."""
+        now_m = self.clock.monotonic_s()
+        self._expire_reservations(now_m)
+        spec = offer.job
+        held = self.journal.job(spec.job_id)
+        if held is not None and held.node == self.node and held.state not in TERMINAL_STATES:
+            return OfferReply(accepted=False, reason=f"job {spec.job_id} already runs here")
+        if held is not None and held.epoch > offer.epoch:
+            return OfferReply(accepted=False, reason=f"stale epoch {offer.epoch} (seen {held.epoch})")
+        if any(r.job_id == spec.job_id for r in self._reservations.values()):
+            return OfferReply(accepted=False, reason=f"job {spec.job_id} is already reserved here")
+        if spec.gpu_count > self.free_slots():
+            return OfferReply(
+                accepted=False, reason=f"{self.free_slots()} free GPU slot(s), {spec.gpu_count} needed"
+            )
+        power_w = self.job_power_w(spec)
+        window_s = self._window_ahead_s(power_w)
+        budget_s = self._params.alpha * window_s
+        if window_s <= 0 or offer.predicted_migration_s > budget_s:
+            return OfferReply(
+                accepted=False,
+                reason=f"window ahead {window_s:.0f} s: {offer.predicted_migration_s:.0f} s of migration "
+                f"exceeds "
+                f"alpha x window ({budget_s:.0f} s)",
+                window_s=window_s,
+            )
+        params = self._params.model_copy(update={"job_power_w": power_w})
+        verdict = assess(offer.checkpoint_bytes, self._bandwidth_to(peer), window_s, params)
+        if not verdict.energy_feasible:
+            return OfferReply(
+                accepted=False, reason="the move costs more energy than the window saves", window_s=window_s
+            )
+        reservation_s = offer.deadline_in_s
+        self._reservations[offer.migration_id] = _Reservation(
+            offer.migration_id, spec.job_id, peer, spec.gpu_count, offer, now_m + reservation_s
+        )
+        self.journal.put_migration(
+            MigrationRecord(
+                offer.migration_id,
+                spec.job_id,
+                MigrationRole.DESTINATION,
+                peer,
+                MigrationStep.RESERVED,
+                offer.epoch,
+                self.clock.now_s() + reservation_s,
+                {"offer": offer.model_dump(mode="json")},
+            ),
+            self.clock.now_s(),
+        )
+        return OfferReply(accepted=True, reservation_s=reservation_s, window_s=window_s)
+
+    def _window_ahead_s(self, power_w: float) -> float:
+        """How long this node's surplus covers ``power_w`` from now (forecast windows, else surplus now)."""
+        step = self.config.migration.forecast_step_s
+        n = max(1, int(self.config.migration.horizon_s / step))
+        now_m = self.clock.monotonic_s()
+        other_w = self._load_w()
+        forecast = forecast_matrix(
+            [self._windows()], [self.board.surplus_w(now_m)], self.clock.now_s(), step, n
+        )
+        covered = forecast[0] - other_w >= power_w
+        run = int(covered.argmin()) if not covered.all() else n
+        return run * step
+
+    def _expire_reservations(self, now_m: float) -> None:
+        for mid, reservation in list(self._reservations.items()):
+            if not reservation.started and now_m > reservation.expires_m:
+                del self._reservations[mid]
+                record = self.journal.migration(mid)
+                if record is not None and record.open:
+                    self.journal.advance(
+                        record, MigrationStep.ABORTED, self.clock.now_s(), reason="reservation expired"
+                    )
+                self._drop_staging(mid)
+
+    def _reservation(self, peer: str, mid: str) -> _Reservation:
+        self._expire_reservations(self.clock.monotonic_s())
+        reservation = self._reservations.get(mid)
+        if reservation is None or reservation.peer != peer:
+            raise PeerRequestError(404, "no_reservation", f"no open reservation {mid} for {peer}")
+        return reservation
+
+    def authorize_transfer(self, peer: str, mid: str) -> None:
+        """Chunks may only arrive for an open reservation of the same peer."""
+        self._reservation(peer, mid)
+
+    def _staging(self, mid: str) -> Path:
+        return self.jobs_root / ".incoming" / mid
+
+    def _drop_staging(self, mid: str) -> None:
+        shutil.rmtree(self._staging(mid), ignore_errors=True)
+
+    async def on_prepare(self, peer: str, migration_id: str, prepare: Prepare, peer_key: Any | None) -> None:
+        """Verify the signed manifest and rebuild the checkpoint in a staging directory."""
+        from greenferry.core.manifest import Manifest
+        from greenferry.daemon.transfer import materialize, verify_manifest
+
+        reservation = self._reservation(peer, migration_id)
+        try:
+            manifest = Manifest.model_validate(prepare.manifest)
+        except ValueError as err:
+            raise PeerRequestError(422, "bad_manifest", str(err)[:500]) from None
+        if manifest.job_id != reservation.job_id or manifest.epoch != reservation.offer.epoch:
+            raise PeerRequestError(409, "manifest_mismatch", "the manifest is for another job or epoch")
+        if manifest.source_node != peer:
+            raise PeerRequestError(403, "wrong_source", "the manifest names another source")
+        if peer_key is not None:
+            try:
+                signature = base64.b64decode(prepare.signature_b64, validate=True)
+            except ValueError:
+                raise PeerRequestError(422, "bad_signature", "signature is not base64") from None
+            try:
+                verify_manifest(manifest, signature, peer_key)
+            except PayloadError as err:
+                raise PeerRequestError(422, "bad_signature", err.detail) from None
+        staging = self._staging(migration_id)
+        try:
+            await materialize(manifest, self.chunks, staging / "checkpoint")
+        except (GreenferryError, OSError) as err:
+            raise PeerRequestError(422, "materialize_failed", str(err)[:500]) from None
+        record = self.journal.migration(migration_id)
+        if record is not None:
+            self.journal.advance(
+                record, MigrationStep.PREPARED, self.clock.now_s(), total_bytes=manifest.total_bytes
+            )
+
+    async def on_commit(self, peer: str, migration_id: str, commit: Commit) -> CommitReply:
+        """Start the job at the new epoch, if the reservation is still open and prepared."""
+        reservation = self._reservation(peer, migration_id)
+        record = self.journal.migration(migration_id)
+        if record is None or record.step is not MigrationStep.PREPARED:
+            raise PeerRequestError(409, "not_prepared", "commit before prepare")
+        if commit.epoch != reservation.offer.epoch + 1:
+            raise PeerRequestError(409, "wrong_epoch", f"expected epoch {reservation.offer.epoch + 1}")
+        offer = reservation.offer
+        # Journal first: a crash from here on is resolved by asking the source (see _doubt).
+        record = self.journal.advance(record, MigrationStep.STARTED, self.clock.now_s())
+        reservation.started = True
+        job_dir = self.jobs_root / offer.job.job_id
+        target = job_dir / "checkpoint"
+        shutil.rmtree(target, ignore_errors=True)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        (self._staging(migration_id) / "checkpoint").rename(target)
+        self._drop_staging(migration_id)
+        prior = self.journal.job(offer.job.job_id)
+        info = JobInfo(
+            job_id=offer.job.job_id,
+            spec=offer.job,
+            state=JobState.PAUSED,
+            node=self.node,
+            epoch=commit.epoch,
+            checkpoint_step=commit.step if commit.step is not None else offer.step,
+            checkpoint_bytes=commit.checkpoint_bytes
+            if commit.checkpoint_bytes is not None
+            else offer.checkpoint_bytes,
+            migrations=(prior.migrations if prior is not None else 0) + 1,
+            message=f"arrived from {peer}",
+        )
+        self._put(info)
+        local = self._local_of(info.job_id)
+        local.last_migration_m = self.clock.monotonic_s()
+        local.checkpoint_s = commit.checkpoint_s
+        t_start = self.clock.monotonic_s()
+        await self._start(info, resume=True)
+        local.restore_s = self.clock.monotonic_s() - t_start
+        reservation.confirm_task = asyncio.get_running_loop().create_task(self._await_confirm(record))
+        return CommitReply(running=True, epoch=commit.epoch, restore_s=local.restore_s)
+
+    async def _await_confirm(self, record: MigrationRecord) -> None:
+        await self.clock.sleep(self.config.migration.confirm_timeout_s)
+        current = self.journal.migration(record.migration_id)
+        if current is not None and current.step is MigrationStep.STARTED:
+            logger.warning(
+                "job %s: no confirmation from %s; stopping it until it answers", record.job_id, record.peer
+            )
+            await self._doubt(current)
+
+    async def on_confirm(self, peer: str, migration_id: str) -> None:
+        """The source let go: this node owns the job."""
+        record = self.journal.migration(migration_id)
+        if record is None or record.peer != peer or record.role is not MigrationRole.DESTINATION:
+            raise PeerRequestError(404, "unknown_migration", f"no migration {migration_id} from {peer}")
+        if record.step is MigrationStep.STARTED:
+            self.journal.advance(record, MigrationStep.OWNED, self.clock.now_s())
+        reservation = self._reservations.pop(migration_id, None)
+        if reservation is not None and reservation.confirm_task is not None:
+            reservation.confirm_task.cancel()
+
+    async def on_abort(self, peer: str, migration_id: str, abort: Abort) -> None:
+        """Forget a migration; a job already started for it is stopped (the source keeps it)."""
+        record = self.journal.migration(migration_id)
+        if record is None or record.peer != peer:
+            return
+        self._reservations.pop(migration_id, None)
+        if record.step is MigrationStep.STARTED:
+            await self._stop_foreign(record, f"source aborted: {abort.reason}")
+        if record.open:
+            self.journal.advance(record, MigrationStep.ABORTED, self.clock.now_s(), reason=abort.reason)
+        self._drop_staging(migration_id)
+
+    async def _stop_foreign(self, record: MigrationRecord, why: str) -> None:
+        info = self.journal.job(record.job_id)
+        if info is not None and info.node == self.node and info.state in ACTIVE_STATES:
+            await self.supervisor.stop(record.job_id)
+        if info is not None and info.node == self.node:
+            self._put(
+                info.model_copy(update={"state": JobState.MIGRATED, "node": record.peer, "message": why})
+            )
+
+    async def _doubt(self, record: MigrationRecord) -> None:
+        """A started job without the source's confirmation: stop it, then ask the source until it answers."""
+        info = self.journal.job(record.job_id)
+        if (
+            info is not None
+            and info.node == self.node
+            and info.state in (JobState.RUNNING, JobState.STARTING)
+        ):
+            with contextlib.suppress(GreenferryError):
+                await self._checkpoint(info, JobState.PAUSED, "waiting for the source's confirmation")
+        url = None
+        advert = self.directory.get(record.peer, self.clock.monotonic_s())
+        if advert is not None:
+            url = advert.peer_url
+        while True:
+            if url is None:
+                advert = self.directory.get(record.peer, self.clock.monotonic_s())
+                url = advert.peer_url if advert is not None else None
+            if url is not None and self.peer_client is not None:
+                try:
+                    status = await self.peer_client.status(url, record.migration_id)
+                except (ServiceUnavailableError, PeerRequestError, GreenferryError):
+                    status = None
+                if status is not None:
+                    if status.step == MigrationStep.RELEASED.value:
+                        self.journal.advance(record, MigrationStep.OWNED, self.clock.now_s())
+                        self._wake.set()  # the paused job resumes at the next decision
+                        return
+                    if status.step in (MigrationStep.ABORTED.value, "unknown"):
+                        await self._stop_foreign(record, "the source kept the job")
+                        self.journal.advance(
+                            record, MigrationStep.ABORTED, self.clock.now_s(), reason="source aborted"
+                        )
+                        return
+            await self.clock.sleep(2.0)
+
+    def migration_status(self, peer: str, migration_id: str) -> MigrationStatus:
+        """GET /v1/migrations/{id}: this node's journaled step (``unknown`` if it never heard of it)."""
+        record = self.journal.migration(migration_id)
+        if record is None or record.peer != peer:
+            return MigrationStatus(migration_id=migration_id, role="unknown", step="unknown", epoch=0)
+        return MigrationStatus(
+            migration_id=migration_id, role=record.role.value, step=record.step.value, epoch=record.epoch
+        )
+
+
+def _speed(clock: Clock) -> float:
+    """How much faster than real time ``clock`` runs (the demo's accelerated clock), else 1."""
+    speedup = getattr(clock, "speedup", 1.0)
+    return float(speedup) if isinstance(speedup, int | float) and speedup > 0 else 1.0

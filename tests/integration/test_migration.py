@@ -1,0 +1,331 @@
+"""Two real daemons, one real broker: a real training job follows the surplus from one node to the other.
+
+The daemons run in this process (NodeDaemon, the same code `greenferry daemon` runs), each with its own data
+directory, peer API and job supervisor; the job is examples/numpy_job.py as a real subprocess. Only the
+power meter is the hardware-profile model (there is no GPU here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from greenferry.config import DaemonConfig, config_from_mapping
+from greenferry.core.jobs import JobInfo, JobSpec, JobState
+from greenferry.daemon.app import NodeDaemon, running_daemon
+from greenferry.daemon.journal import MigrationStep
+from greenferry.testing.services import Mosquitto
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "numpy_job.py"
+
+
+def _publish_retained(broker: Mosquitto, messages: dict[str, bytes]) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"gf-it-{uuid.uuid4().hex[:8]}")
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    for topic, payload in messages.items():
+        client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+    client.loop_stop()
+    client.disconnect()
+
+
+def _config(
+    tmp_path: Path,
+    broker: Mosquitto,
+    prefix: str,
+    name: str,
+    extra: dict[str, Any] | None = None,
+) -> DaemonConfig:
+    data: dict[str, Any] = {
+        "node": {
+            "name": name,
+            "site": f"site-{name}",
+            "hardware_profile": "l4",
+            "gpu_count": 1,
+            "data_dir": str(tmp_path / name),
+            "decision_interval_s": 0.3,
+        },
+        "mqtt": {
+            "port": broker.port,
+            "topic_prefix": prefix,
+            "reconnect_min_s": 0.05,
+            "reconnect_max_s": 0.5,
+            "status_interval_s": 1,
+        },
+        "signals": {
+            "production": {"topic": f"{prefix}/sites/{name}/production_w", "max_age_s": 3600},
+            "surplus_forecast": {
+                "topic": f"{prefix}/sites/{name}/forecast",
+                "format": "greenferry",
+                "max_age_s": 3600,
+            },
+        },
+        "power": {"source": "model", "interval_s": 0.5},
+        "http": {"enabled": False},
+        "peer": {"insecure": True, "port": 0, "advert_interval_s": 0.2, "default_bandwidth_bps": 1e9},
+        "migration": {"forecast_step_s": 300, "horizon_s": 6 * 3600, "confirm_timeout_s": 5},
+    }
+    for key, value in (extra or {}).items():
+        data[key] = {**data.get(key, {}), **value}
+    return config_from_mapping(data, environ={})
+
+
+def _spec(name: str, steps: int = 100_000) -> JobSpec:
+    return JobSpec(
+        name=name,
+        command=[
+            sys.executable,
+            str(EXAMPLE),
+            "--steps",
+            str(steps),
+            "--step-time-s",
+            "0.005",
+            "--state-mb",
+            "2",
+            "--frozen-mb",
+            "4",
+            "--report-interval-s",
+            "0.1",
+        ],
+        checkpoint_size_bytes=6 * 2**20,
+        checkpoint_timeout_s=30,
+    )
+
+
+async def _until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _job(daemon: NodeDaemon, job_id: str) -> JobInfo | None:
+    return daemon._components["orchestrator"].journal.job(job_id)
+
+
+def _windows(power_w: float, hours: float) -> bytes:
+    now = time.time()
+    return json.dumps([{"start": now - 60, "end": now + hours * 3600, "power_w": power_w}]).encode()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"gfm/{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def two_nodes(
+    tmp_path: Path, mosquitto: Mosquitto, prefix: str
+) -> AsyncIterator[tuple[NodeDaemon, NodeDaemon]]:
+    # Node a has no surplus; node b has 5 kW for the next six hours.
+    _publish_retained(
+        mosquitto,
+        {
+            f"{prefix}/sites/a/production_w": b"0",
+            f"{prefix}/sites/a/forecast": b"[]",
+            f"{prefix}/sites/b/production_w": b"5000",
+            f"{prefix}/sites/b/forecast": _windows(5000.0, 6),
+        },
+    )
+    a = NodeDaemon(_config(tmp_path, mosquitto, prefix, "a"))
+    b = NodeDaemon(_config(tmp_path, mosquitto, prefix, "b"))
+    async with running_daemon(a), running_daemon(b):
+        yield a, b
+
+
+async def test_a_job_follows_the_surplus_to_the_peer_and_keeps_its_progress(
+    two_nodes: tuple[NodeDaemon, NodeDaemon],
+) -> None:
+    a, b = two_nodes
+    orch_a = a._components["orchestrator"]
+    orch_b = b._components["orchestrator"]
+    await _until(lambda: orch_a.directory.get("b", a.clock.monotonic_s()), 10, "a to hear b's advert")
+    await orch_a.submit(_spec("follow-1"))
+    moved = await _until(
+        lambda: (info := _job(b, "follow-1")) is not None and info.state is JobState.RUNNING and info,
+        60,
+        "the job to run on b",
+    )
+    assert moved.epoch == 1
+    assert moved.node == "b"
+    at_a = _job(a, "follow-1")
+    assert at_a is not None
+    assert at_a.state is JobState.MIGRATED
+    assert at_a.node == "b"
+    assert at_a.epoch == 1
+    # One runner: a's supervisor runs nothing, b's runs the job, which resumed from a's checkpoint.
+    assert not orch_a.supervisor.is_running("follow-1")
+    assert orch_b.supervisor.is_running("follow-1")
+    checkpoint_step = moved.checkpoint_step
+    assert checkpoint_step is not None
+    assert checkpoint_step >= 0
+    stepped = await _until(
+        lambda: (info := _job(b, "follow-1")) is not None and (info.step or 0) > checkpoint_step and info,
+        30,
+        "the job to step on b",
+    )
+    assert stepped.step is not None
+    # Both ends journaled the migration to its end.
+    (src,) = orch_a.journal.migrations(job_id="follow-1")
+    (dst,) = orch_b.journal.migrations(job_id="follow-1")
+    assert src.step is MigrationStep.RELEASED
+    assert dst.step is MigrationStep.OWNED
+    assert orch_a.stats.migrations == 1
+    # b's advert now names the job and one slot fewer.
+    advert = orch_b.advert()
+    assert advert.jobs == ["follow-1"]
+    assert advert.free_gpu_slots == 0
+
+
+def _tls_config(tmp_path: Path, broker: Mosquitto, prefix: str, name: str) -> DaemonConfig:
+    from greenferry.adapters.pki import init_ca, issue_node_cert
+
+    ca_dir = tmp_path / "ca"
+    if not (ca_dir / "ca.crt").exists():
+        init_ca(ca_dir)
+    paths = issue_node_cert(ca_dir, name, hosts=["127.0.0.1"], out_dir=tmp_path / "certs" / name)
+    tls = {"ca_file": str(paths.ca), "cert_file": str(paths.cert), "key_file": str(paths.key)}
+    config = _config(tmp_path, broker, prefix, name)
+    data = config.model_dump(mode="json")
+    data["peer"] = {**data["peer"], "insecure": False, "tls": tls}
+    data["mqtt"]["password"] = None
+    data["telemetry"].pop("path", None) if data["telemetry"].get("path") is None else None
+    return config_from_mapping(_without_nones(data), environ={})
+
+
+def _without_nones(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nones(v) for k, v in value.items() if v is not None}
+    return value
+
+
+async def test_mutual_tls_peers_migrate_with_a_signed_manifest(
+    tmp_path: Path, mosquitto: Mosquitto, prefix: str
+) -> None:
+    _publish_retained(
+        mosquitto,
+        {
+            f"{prefix}/sites/a/production_w": b"0",
+            f"{prefix}/sites/b/production_w": b"5000",
+            f"{prefix}/sites/b/forecast": _windows(5000.0, 6),
+        },
+    )
+    a = NodeDaemon(_tls_config(tmp_path, mosquitto, prefix, "a"))
+    b = NodeDaemon(_tls_config(tmp_path, mosquitto, prefix, "b"))
+    async with running_daemon(a), running_daemon(b):
+        assert a._components["peer"].url.startswith("https://")
+        orch_a = a._components["orchestrator"]
+        # Submitted before a has heard of b: the job starts at a, and moves once b's advert arrives.
+        await orch_a.submit(_spec("tls-1"))
+        moved = await _until(
+            lambda: (info := _job(b, "tls-1")) is not None and info.state is JobState.RUNNING and info,
+            60,
+            "the job to run on b over mutual TLS",
+        )
+        assert moved.epoch == 1
+        assert _job(a, "tls-1").state is JobState.MIGRATED  # type: ignore[union-attr]
+
+
+async def test_no_move_when_the_peer_has_no_window(tmp_path: Path, mosquitto: Mosquitto, prefix: str) -> None:
+    """Neither node has surplus: the job runs where it was submitted, and nothing is offered."""
+    _publish_retained(
+        mosquitto,
+        {f"{prefix}/sites/a/production_w": b"0", f"{prefix}/sites/b/production_w": b"0"},
+    )
+    a = NodeDaemon(_config(tmp_path, mosquitto, prefix, "a"))
+    b = NodeDaemon(_config(tmp_path, mosquitto, prefix, "b"))
+    async with running_daemon(a), running_daemon(b):
+        orch_a = a._components["orchestrator"]
+        await _until(lambda: orch_a.directory.get("b", a.clock.monotonic_s()), 10, "a to hear b")
+        await orch_a.submit(_spec("stay-1"))
+        await _until(
+            lambda: (i := _job(a, "stay-1")) is not None and (i.step or 0) > 20, 30, "the job to step on a"
+        )
+        assert orch_a.journal.migrations() == []
+        assert _job(b, "stay-1") is None
+
+
+async def test_the_destination_rechecks_and_refuses_a_manual_move(
+    two_nodes: tuple[NodeDaemon, NodeDaemon],
+) -> None:
+    """`jobs migrate --to a` towards a node without surplus: a refuses, the job keeps running at b."""
+    a, b = two_nodes
+    orch_b = b._components["orchestrator"]
+    spec = _spec("manual-1")
+    await orch_b.submit(spec)
+    await _until(
+        lambda: (i := _job(b, "manual-1")) is not None and i.state is JobState.RUNNING, 30, "running on b"
+    )
+    await _until(lambda: orch_b.directory.get("a", b.clock.monotonic_s()), 10, "b to hear a")
+    await orch_b.migrate("manual-1", "a")
+    await _until(lambda: not orch_b._local_of("manual-1").busy, 30, "the attempt to end")
+    info = _job(b, "manual-1")
+    assert info is not None
+    assert info.node == "b"
+    assert info.state is JobState.RUNNING
+    assert orch_b.journal.migrations() == []  # refused at the offer: nothing was stopped or sent
+    assert _job(a, "manual-1") is None
+
+
+async def test_two_concurrent_offers_for_one_job_get_one_reservation(
+    two_nodes: tuple[NodeDaemon, NodeDaemon],
+) -> None:
+    from greenferry.core.protocol import Offer
+
+    _, b = two_nodes
+    orch_b = b._components["orchestrator"]
+
+    def offer() -> Offer:
+        return Offer(
+            migration_id=uuid.uuid4().hex,
+            source_node="a",
+            job=_spec("twice-1"),
+            epoch=0,
+            checkpoint_bytes=6 * 2**20,
+            predicted_migration_s=5.0,
+            deadline_in_s=60.0,
+        )
+
+    await _until(lambda: orch_b._window_ahead_s(1000.0) > 3600, 10, "b to receive its surplus forecast")
+    replies = await asyncio.gather(orch_b.on_offer("a", offer()), orch_b.on_offer("a", offer()))
+    assert [r.reason for r in replies if not r.accepted] != [], replies
+    assert sorted(r.accepted for r in replies) == [False, True], [r.reason for r in replies]
+    refused = next(r for r in replies if not r.accepted)
+    assert "already reserved" in refused.reason
+    # The reservation holds b's only GPU slot: another job is refused until it is used or expires.
+    reply = await orch_b.on_offer("a", offer().model_copy(update={"job": _spec("twice-2")}))
+    assert not reply.accepted
+    assert "free GPU slot" in reply.reason
+
+
+async def test_a_replayed_commit_is_refused(two_nodes: tuple[NodeDaemon, NodeDaemon]) -> None:
+    from greenferry.core.protocol import Commit
+    from greenferry.daemon.peer import PeerRequestError
+
+    a, b = two_nodes
+    orch_a = a._components["orchestrator"]
+    orch_b = b._components["orchestrator"]
+    await orch_a.submit(_spec("replay-1"))
+    await _until(
+        lambda: (i := _job(b, "replay-1")) is not None and i.state is JobState.RUNNING, 60, "the move"
+    )
+    (record,) = orch_b.journal.migrations(job_id="replay-1")
+    with pytest.raises(PeerRequestError) as err:
+        await orch_b.on_commit("a", record.migration_id, Commit(epoch=1))
+    assert err.value.status in (404, 409)  # reservation gone, or (before the confirm) already started
+    assert orch_b.supervisor.running() == ["replay-1"]
