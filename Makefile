@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean venv
+.PHONY: demo simulate test lint typecheck unit bench clean venv
 
 venv: $(STAMP)
 
@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/greenferry simulate --scenario paper --out out/demo
+	$(BIN)/greenferry demo --json-summary out/demo/summary.json
+
+simulate: $(STAMP)
+	$(BIN)/greenferry simulate --scenario paper --out out/paper
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples

@@ -19,6 +19,7 @@ _COMMAND_MODULES: dict[str, str] = {
     "daemon": "greenferry.commands.daemon",
     "check-config": "greenferry.commands.daemon",
     "certs": "greenferry.commands.certs",
+    "demo": "greenferry.commands.demo",
     "feasibility": "greenferry.commands.feasibility",
     "jobs": "greenferry.commands.jobs",
     "profiles": "greenferry.commands.profiles",

@@ -99,15 +99,19 @@ def test_the_summary_is_consistent(
     assert summary.simulated_s >= OPTIONS.duration_s
     assert summary.steps_replayed + summary.steps_skipped == n_steps
     assert summary.messages_replayed == summary.steps_replayed * 3 * 3
-    # No job yet (HOOK(jobs)): the job and migration figures are zero.
-    assert (summary.migrations, summary.failed_migrations, summary.steps_completed) == (0, 0, 0)
-    assert (summary.bytes_transferred, summary.double_runs) == (0, 0)
-    # Idle modelled GPUs, one per node, measured through their power samples.
-    idle_w = resolve_profile(OPTIONS.hardware_profile).idle_power_w
+    # The example job ran (its steps were reported), never in two places, and nothing failed.
+    assert summary.steps_completed > 0
+    assert summary.double_runs == 0
+    assert summary.failed_migrations == 0
+    # Modelled GPUs, one per node, measured through their power samples: idle, or training where the job is.
+    profile = resolve_profile(OPTIONS.hardware_profile)
+    idle_w = profile.idle_power_w
+    busy_w = profile.train_power_w
     assert summary.energy_kwh == pytest.approx(sum(summary.node_energy_kwh.values()))
     assert summary.nonrenewable_kwh == pytest.approx(sum(summary.node_nonrenewable_kwh.values()))
     for node, energy_kwh in summary.node_energy_kwh.items():
-        assert 0.0 < energy_kwh <= idle_w * summary.simulated_s / 3.6e6 * (1 + 1e-9), node
+        assert 0.0 < energy_kwh <= busy_w * summary.simulated_s / 3.6e6 * (1 + 1e-9), node
+    assert max(summary.node_energy_kwh.values()) > idle_w * summary.simulated_s / 3.6e6  # the job's node
     # Over these two hours Frankfurt has no surplus at all, Tokyo and San Jose more than the idle draw.
     surplus = {site.name: site.surplus_w[: n_steps + 1] for site in demo_trace.sites}
     assert surplus["DE-LU"].max() == 0.0

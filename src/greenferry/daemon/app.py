@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -138,10 +139,17 @@ class NodeDaemon:
         }
         return out
 
+    def _jobs_utilization(self) -> float:
+        """Share of this node's GPU slots its running jobs hold (drives the model power meter)."""
+        orchestrator = self._components.get("orchestrator")
+        if orchestrator is None or self.config.node.gpu_count == 0:
+            return 0.0
+        return min(1.0, float(orchestrator.running_slots()) / self.config.node.gpu_count)
+
     def _jobs_status(self) -> dict[str, object]:
         """Jobs hosted here and migrations in flight (status, retained MQTT status, the demo view)."""
         orchestrator = self._components.get("orchestrator")
-        if orchestrator is None:
+        if orchestrator is None or orchestrator.closed:
             return {"jobs": [], "migrations": [], "free_gpu_slots": None}
         jobs = [
             {"job_id": j.job_id, "state": j.state.value, "step": j.step, "epoch": j.epoch}
@@ -274,7 +282,9 @@ class NodeDaemon:
 
         meter = self._meter_override
         if meter is None:
-            opened: PowerMeter = await asyncio.to_thread(open_power_meter, config, self.clock)
+            opened: PowerMeter = await asyncio.to_thread(
+                functools.partial(open_power_meter, config, self.clock, utilization_fn=self._jobs_utilization)
+            )
             stack.push_async_callback(opened.close)
             meter = opened
         self._components["meter"] = meter

@@ -165,6 +165,7 @@ class Orchestrator:
         self.in_flight: dict[str, MigrationProgress] = {}
         self.stats = _Stats()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False  # after close(): the journal is closed, the node reports no jobs
         self._wake = asyncio.Event()
         self._params = MigrationParams(
             checkpoint_write_s=config.migration.checkpoint_write_s,
@@ -217,6 +218,7 @@ class Orchestrator:
                     await self._checkpoint(info, JobState.PAUSED, "daemon stopping")
                 except GreenferryError as err:
                     logger.warning("job %s: no checkpoint at shutdown: %s", info.job_id, err)
+        self.closed = True
         self.journal.close()
 
     def _spawn(self, coro: Any, name: str) -> None:
@@ -304,7 +306,13 @@ class Orchestrator:
         return local
 
     def _owned(self) -> list[JobInfo]:
+        if self.closed:
+            return []
         return [j for j in self.journal.jobs() if j.node == self.node and j.state not in TERMINAL_STATES]
+
+    def running_slots(self) -> int:
+        """GPU slots held by this node's running (or starting, or checkpointing) jobs."""
+        return sum(j.spec.gpu_count for j in self._owned() if j.state in ACTIVE_STATES)
 
     def used_slots(self) -> int:
         """GPU slots held by running jobs and open reservations."""

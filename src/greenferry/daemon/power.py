@@ -239,6 +239,7 @@ def open_power_meter(
     *,
     nvml: NvmlModule | None = None,
     powercap_root: Path = DEFAULT_POWERCAP_ROOT,
+    utilization_fn: Callable[[], float] | None = None,
 ) -> PowerMeter:
     """The meter ``config.power`` asks for, with RAPL host power when enabled and readable.
 
@@ -251,6 +252,8 @@ def open_power_meter(
         clock: the daemon's clock.
         nvml: the ``pynvml`` module to use (default: the real one).
         powercap_root: where RAPL lives (tests point it at a fake tree).
+        utilization_fn: for the model meter, the GPUs' utilisation now (the daemon passes the share of its
+            GPU slots its jobs hold); default idle.
 
     Raises:
         ServiceUnavailableError: source "nvml" and NVML does not load.
@@ -259,7 +262,7 @@ def open_power_meter(
     source = config.power.source
     meter: PowerMeter
     if source == "model":
-        meter = _model_meter(config, clock)
+        meter = _model_meter(config, clock, utilization_fn)
     else:
         try:
             meter = NvmlPowerMeter(clock, config.power.gpu_indices, nvml=nvml)
@@ -272,7 +275,7 @@ def open_power_meter(
                 config.node.hardware_profile,
                 config.node.gpu_count,
             )
-            meter = _model_meter(config, clock)
+            meter = _model_meter(config, clock, utilization_fn)
     if config.power.rapl:
         rapl = RaplReader(powercap_root)
         if rapl.available():  # when not, the reader has logged why (one line)
@@ -280,8 +283,15 @@ def open_power_meter(
     return meter
 
 
-def _model_meter(config: DaemonConfig, clock: Clock) -> ModelPowerMeter:
-    return ModelPowerMeter(resolve_profile(config.node.hardware_profile), config.node.gpu_count, clock)
+def _model_meter(
+    config: DaemonConfig, clock: Clock, utilization_fn: Callable[[], float] | None
+) -> ModelPowerMeter:
+    return ModelPowerMeter(
+        resolve_profile(config.node.hardware_profile),
+        config.node.gpu_count,
+        clock,
+        utilization_fn=utilization_fn,
+    )
 
 
 class _SampleCollector:

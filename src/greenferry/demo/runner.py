@@ -14,9 +14,10 @@
 5. after ``options.duration_s`` simulated seconds stops the nodes (they publish their offline status),
    then the replayer, the view and the broker, and returns a :class:`DemoSummary`.
 
-Two hooks are marked ``HOOK(jobs)``/``HOOK(migration)`` below: where the example job is submitted and
-where job and migration figures enter the summary (they already flow in from the nodes' ``JobProgressed``
-and ``MigrationEnded`` bus events; until the daemon runs jobs they stay 0).
+Once the nodes are up it submits the numpy example job to the node with the most surplus; from there the
+nodes' own policy (``lookahead``) moves it, and the job and migration figures flow in from the nodes'
+``JobProgressed`` and ``MigrationEnded`` bus events. A watcher counts any moment a job's process runs on
+two nodes at once (``double_runs``, which must stay 0).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import logging
 import math
 import re
 import shutil
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -43,6 +45,7 @@ from rich.console import Console
 from greenferry.adapters.mqtt import MqttLink
 from greenferry.config import DaemonConfig, config_from_mapping, load_config
 from greenferry.core.events import JobProgressed, MigrationEnded, PowerSample
+from greenferry.core.jobs import JobSpec
 from greenferry.core.signals import SignalBoard
 from greenferry.daemon.app import NodeDaemon
 from greenferry.daemon.bus import EventBus, Overflow, Subscription
@@ -167,9 +170,9 @@ class DemoSummary:
     """What a demo run did. Energies in kWh; ``simulated_s`` simulated, ``wall_s`` real seconds.
 
     ``migrations``, ``failed_migrations``, ``steps_completed``, ``bytes_transferred`` and ``double_runs``
-    come from the nodes' job and migration events (HOOK(jobs)/HOOK(migration) in this module); they are 0
-    until the daemon runs jobs. ``energy_kwh`` and ``nonrenewable_kwh`` integrate the nodes' measured power
-    samples, the latter against the replayed surplus of each node's site.
+    come from the nodes' job and migration events and the double-run watcher. ``energy_kwh`` and
+    ``nonrenewable_kwh`` integrate the nodes' measured power samples, the latter against the replayed
+    surplus of each node's site.
     """
 
     migrations: int
@@ -288,9 +291,20 @@ def _node_mapping(
         "telemetry": {"type": "sqlite", "sample_interval_s": options.telemetry_interval_s},
         "power": {"source": "model", "interval_s": options.power_interval_s, "rapl": False},
         "http": {"enabled": True, "host": "127.0.0.1", "port": 0},
-        # HOOK(migration): the nodes need a peer API to migrate: add
-        #   "peer": {"insecure": True, "host": "127.0.0.1", "port": 0}
-        # here once the daemon negotiates migrations (local demo only: plain HTTP, no mTLS).
+        # Local demo only: plain HTTP between the nodes on loopback, no mTLS (docs/security.md).
+        "peer": {
+            "insecure": True,
+            "host": "127.0.0.1",
+            "port": 0,
+            "advert_interval_s": options.status_interval_s,
+            "advert_max_age_s": 10 * options.status_interval_s,
+        },
+        # The job and the transfers run in real time while the clock runs `speedup` times faster: the
+        # deadlines and the confirmation wait get room for a few real seconds each.
+        "migration": {
+            "slack_s": min(3600.0, 5.0 * options.speedup),
+            "confirm_timeout_s": min(3600.0, 10.0 * options.speedup),
+        },
     }
 
 
@@ -408,14 +422,11 @@ class _Run:
             if isinstance(event, PowerSample):
                 account.sample(event.time_s, event.gpu_power_w + (event.host_power_w or 0.0))
             elif isinstance(event, JobProgressed):
-                # HOOK(jobs): the job runner's progress events; steps_completed is summed from these.
                 self.state.on_job_event(
                     node, event.job_id, time_s=event.time_s, step=event.step, progress=event.progress
                 )
             elif isinstance(event, MigrationEnded) and event.src == node:
-                # HOOK(migration): both ends publish MigrationEnded; count it once, at the source.
-                # In-flight progress: call self.state.on_migration(..., outcome=None) from the
-                # migration code's progress events once they exist.
+                # Both ends publish MigrationEnded; count it once, at the source.
                 self.state.on_migration(
                     event.job_id,
                     event.src,
@@ -436,15 +447,67 @@ class _Run:
             )
 
 
-async def _submit_demo_job(run: _Run) -> None:
-    """HOOK(jobs): submit the numpy example job to the node with the most surplus now.
+DEMO_JOB = "demo-train"
 
-    TODO(jobs): once NodeDaemon accepts jobs, submit the example job here (e.g. on
-    ``run.daemons[<node of run.state.leader_site>]``). Until then the nodes run idle and the job
-    figures of the summary stay 0; they fill in by themselves from the nodes' JobProgressed and
-    MigrationEnded events (:meth:`_Run.route_events`).
-    """
-    del run
+
+def demo_job_spec(state_mb: int = 32, frozen_mb: int = 96) -> JobSpec:
+    """The example numpy job the demo runs: steps forever (until the demo ends), a 128 MiB checkpoint of
+    which three quarters never change (a fine-tuning job's frozen base), so later moves send little."""
+    example = Path(__file__).resolve().parents[3] / "examples" / "numpy_job.py"
+    if not example.is_file():
+        raise ConfigError(f"demo: the example job {example} is missing (run the demo from a source checkout)")
+    return JobSpec(
+        name=DEMO_JOB,
+        command=[
+            sys.executable,
+            str(example),
+            "--steps",
+            "100000000",
+            "--step-time-s",
+            "0.02",
+            "--state-mb",
+            str(state_mb),
+            "--frozen-mb",
+            str(frozen_mb),
+            "--report-interval-s",
+            "0.25",
+        ],
+        checkpoint_size_bytes=(state_mb + frozen_mb) * 2**20,
+        checkpoint_timeout_s=60.0,
+    )
+
+
+async def _submit_demo_job(run: _Run) -> None:
+    """Submit the numpy example job to the node whose site has the most surplus now."""
+    now_s = run.clock.now_s()
+    best = max(
+        run.daemons,
+        key=lambda name: run.trace.surplus_at(
+            run.trace.site_index(run.daemons[name].config.node.site), now_s
+        ),
+    )
+    await run.daemons[best]._components["orchestrator"].submit(demo_job_spec())
+    run.state.log_event(now_s, f"submitted {DEMO_JOB} to {best}")
+
+
+async def _watch_double_runs(run: _Run) -> None:
+    """Count every moment a job's process runs on two nodes at once (the protocol says: never)."""
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while True:
+        running: dict[str, set[str]] = {}
+        for name, daemon in run.daemons.items():
+            orchestrator = daemon._components.get("orchestrator")
+            if orchestrator is None:
+                continue
+            for job_id in orchestrator.supervisor.running():
+                running.setdefault(job_id, set()).add(name)
+        for job_id, nodes in running.items():
+            key = (job_id, frozenset(nodes))
+            if len(nodes) > 1 and key not in seen:
+                seen.add(key)
+                run.state.totals.double_runs += 1
+                logger.error("demo: %s runs on %s at once", job_id, ", ".join(sorted(nodes)))
+        await asyncio.sleep(0.05)
 
 
 async def _wait_connected(link: MqttLink, where: str, timeout_s: float) -> None:
@@ -593,7 +656,8 @@ async def _run(
             for name, daemon in run.daemons.items():
                 state.log_event(clock.now_s(), f"{name}: http://127.0.0.1:{daemon.http_port}/v1/status")
 
-            await _submit_demo_job(run)  # HOOK(jobs)
+            await _submit_demo_job(run)
+            background.append(group.create_task(_watch_double_runs(run), name="demo-double-runs"))
 
             await clock.sleep(trace.start_s + options.duration_s - clock.now_s())
             end_s = run.end()
@@ -609,13 +673,12 @@ async def _run(
 
     totals = state.totals
     return DemoSummary(
-        # HOOK(jobs)/HOOK(migration): these five come from the nodes' job and migration events.
         migrations=totals.migrations,
         failed_migrations=totals.failed_migrations,
         steps_completed=totals.steps_completed,
         bytes_transferred=totals.bytes_transferred,
         nonrenewable_kwh=totals.nonrenewable_kwh,
-        double_runs=totals.double_runs,  # TODO(jobs): detect a job running on two nodes at once
+        double_runs=totals.double_runs,
         energy_kwh=totals.energy_kwh,
         simulated_s=end_s - trace.start_s,
         wall_s=time.monotonic() - wall_start_s,
