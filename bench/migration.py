@@ -26,33 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from greenferry.daemon.journal import MigrationStep
-from greenferry.testing.cluster import NetnsCluster
+from greenferry.testing.cluster import NetnsCluster, example_job_spec
 from greenferry.testing.netns import netns_available
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "numpy_job.py"
 MiB = 2**20
-
-
-def _spec(name: str, state_mb: int, frozen_mb: int = 0) -> dict[str, Any]:
-    return {
-        "name": name,
-        "command": [
-            sys.executable,
-            str(EXAMPLE),
-            "--steps",
-            "10000000",
-            "--step-time-s",
-            "0.01",
-            "--state-mb",
-            str(state_mb),
-            "--frozen-mb",
-            str(frozen_mb),
-            "--report-interval-s",
-            "0.5",
-        ],
-        "checkpoint_size_bytes": (state_mb + frozen_mb) * MiB,
-        "checkpoint_timeout_s": 300,
-    }
 
 
 def _released(cluster: NetnsCluster, node: str, job_id: str, count: int) -> list[Any]:
@@ -100,7 +77,7 @@ def measure(size_mb: int, rate_bps: float, frozen: bool) -> dict[str, Any]:
             (max(1, size_mb // 50), size_mb - max(1, size_mb // 50)) if frozen else (size_mb, 0)
         )
         job_id = f"bench-{size_mb}"
-        cluster.submit(_spec(job_id, state_mb, frozen_mb))
+        cluster.submit(example_job_spec(job_id, state_mb, frozen_mb))
         timeout = 120 + 3 * 8 * size_mb * MiB / rate_bps
         (first,) = cluster.wait_for(lambda: _released(cluster, "a", job_id, 1), timeout, "the move a -> b")
         data = first.data

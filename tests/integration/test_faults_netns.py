@@ -7,7 +7,6 @@ the namespaces (CI has it); skipped with the reason elsewhere, failed in CI.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +16,11 @@ import pytest
 
 from greenferry.core.jobs import JobState
 from greenferry.daemon.journal import MigrationStep
-from greenferry.testing.cluster import NetnsCluster
+from greenferry.testing.cluster import NetnsCluster, example_job_spec
 from greenferry.testing.netns import netns_available
 
 pytestmark = pytest.mark.integration
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "numpy_job.py"
 # Short deadlines so that an interrupted move gives up in seconds, not minutes.
 FAST_ABORT = "deadline_factor = 1.2\nslack_s = 5\n"
 
@@ -39,23 +37,7 @@ def cluster(tmp_path: Path) -> Iterator[NetnsCluster]:
 
 
 def _spec(job_id: str, state_mb: int = 100) -> dict[str, Any]:
-    return {
-        "name": job_id,
-        "command": [
-            sys.executable,
-            str(EXAMPLE),
-            "--steps",
-            "10000000",
-            "--step-time-s",
-            "0.01",
-            "--state-mb",
-            str(state_mb),
-            "--report-interval-s",
-            "0.2",
-        ],
-        "checkpoint_size_bytes": state_mb * 2**20,
-        "checkpoint_timeout_s": 60,
-    }
+    return example_job_spec(job_id, state_mb, checkpoint_timeout_s=60)
 
 
 def _step_of(cluster: NetnsCluster, node: str, job_id: str, step: MigrationStep) -> bool:

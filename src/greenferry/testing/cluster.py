@@ -23,7 +23,35 @@ from greenferry.core.jobs import JobInfo
 from greenferry.daemon.journal import Journal, MigrationRecord
 from greenferry.testing.netns import NetnsPair
 
-__all__ = ["NetnsCluster"]
+__all__ = ["EXAMPLE_JOB", "NetnsCluster", "example_job_spec"]
+
+EXAMPLE_JOB = Path(__file__).resolve().parents[3] / "examples" / "numpy_job.py"
+
+
+def example_job_spec(
+    job_id: str, state_mb: int, frozen_mb: int = 0, checkpoint_timeout_s: float = 300
+) -> dict[str, Any]:
+    """A JobSpec (as a dict) of the numpy example job with a checkpoint of ``state_mb + frozen_mb`` MiB."""
+    return {
+        "name": job_id,
+        "command": [
+            sys.executable,
+            str(EXAMPLE_JOB),
+            "--steps",
+            "10000000",
+            "--step-time-s",
+            "0.01",
+            "--state-mb",
+            str(state_mb),
+            "--frozen-mb",
+            str(frozen_mb),
+            "--report-interval-s",
+            "0.25",
+        ],
+        "checkpoint_size_bytes": (state_mb + frozen_mb) * 2**20,
+        "checkpoint_timeout_s": checkpoint_timeout_s,
+    }
+
 
 _MQTT_PORT = 1883
 _PEER_PORT = 9471
