@@ -25,13 +25,17 @@ pytestmark = pytest.mark.integration
 FAST_ABORT = "deadline_factor = 1.2\nslack_s = 5\n"
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NetnsCluster]:
+def _need_netns() -> None:
     reason = netns_available()
     if reason is not None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"network namespaces are required in CI: {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NetnsCluster]:
+    _need_netns()
     with NetnsCluster(tmp_path, 50e6, {"a": FAST_ABORT, "b": FAST_ABORT}) as c:
         yield c
 
@@ -115,3 +119,32 @@ def test_the_source_is_killed_after_the_commit_request(cluster: NetnsCluster) ->
     at_a = cluster.job("a", "kill-src-1")
     assert at_a is not None
     assert at_a.state is JobState.MIGRATED
+
+
+def test_a_deadline_overrun_aborts_and_the_job_resumes_at_the_source(tmp_path: Path) -> None:
+    """The source believes the link is 1 Gbit/s and the job quick to move; the move overruns its deadline."""
+    _need_netns()
+    optimistic = FAST_ABORT + "checkpoint_write_s = 1\nrestore_s = 1\n"
+    env = {"GREENFERRY_PEER__DEFAULT_BANDWIDTH_BPS": "1e9"}
+    with NetnsCluster(tmp_path, 50e6, {"a": optimistic, "b": FAST_ABORT}, node_env={"a": env}) as cluster:
+        cluster.submit(_spec("late-1"))
+        (record,) = cluster.wait_for(
+            lambda: [m for m in cluster.migrations("a") if m.step is MigrationStep.ABORTED], 120, "the abort"
+        )
+        assert "Timeout" in record.data.get("reason", "")
+        cluster.wait_for(lambda: _running_at(cluster, "a", "late-1", 0), 60, "the job to resume at a")
+        assert len(cluster.job_processes("late-1")) == 1
+        assert cluster.job("b", "late-1") is None
+
+
+def test_the_destination_disk_is_full(tmp_path: Path) -> None:
+    """b's data directory holds 40 MiB; a 100 MiB checkpoint cannot land there: abort, resume at a."""
+    _need_netns()
+    with NetnsCluster(
+        tmp_path, 50e6, {"a": FAST_ABORT, "b": FAST_ABORT}, data_dir_limit_bytes={"b": 40 * 2**20}
+    ) as cluster:
+        cluster.submit(_spec("full-1"))
+        cluster.wait_for(lambda: _step_of(cluster, "a", "full-1", MigrationStep.ABORTED), 180, "the abort")
+        cluster.wait_for(lambda: _running_at(cluster, "a", "full-1", 0), 60, "the job to resume at a")
+        assert len(cluster.job_processes("full-1")) == 1
+        assert cluster.job("b", "full-1") is None

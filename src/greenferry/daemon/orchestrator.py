@@ -60,6 +60,7 @@ __all__ = ["MigrationProgress", "Orchestrator"]
 logger = logging.getLogger(__name__)
 
 _BANDWIDTH_EWMA = 0.5  # weight of the newest measured transfer in the bandwidth estimate
+_RETRY_AFTER_ABORT_S = 600.0  # a destination that failed a job's move is not tried again for it this long
 
 
 @dataclass(slots=True)
@@ -159,6 +160,7 @@ class Orchestrator:
         self.policy: Policy = make_policy(config.node.policy)
         self._policy_ids: dict[str, int] = {}
         self._site_names: tuple[str, ...] = ()
+        self._cooldown_m: dict[tuple[str, str], float] = {}  # (job, destination) -> no retry before
         self._local: dict[str, _Local] = {}
         self._reservations: dict[str, _Reservation] = {}
         self._bandwidth_bps: dict[str, float] = {}
@@ -543,7 +545,12 @@ class Orchestrator:
                 if decision is not None
                 else (Action.RUN if info.state is JobState.PENDING else None)
             )
-            if action is Action.MIGRATE and decision is not None and 1 <= decision.dst_site <= len(peers):
+            if (
+                action is Action.MIGRATE
+                and decision is not None
+                and 1 <= decision.dst_site <= len(peers)
+                and self._cooldown_m.get((info.job_id, peers[decision.dst_site - 1].node), -math.inf) <= now_m
+            ):
                 movable = info.state is not JobState.PENDING or info.checkpoint_step is not None
                 if info.spec.migratable and movable:
                     self._local_of(info.job_id).busy = True
@@ -874,6 +881,7 @@ class Orchestrator:
         logger.warning("job %s: migration to %s aborted: %s", record.job_id, record.peer, reason)
         record = self.journal.advance(record, MigrationStep.ABORTED, self.clock.now_s(), reason=reason[:1000])
         self.in_flight.pop(record.migration_id, None)
+        self._cooldown_m[(record.job_id, record.peer)] = self.clock.monotonic_s() + _RETRY_AFTER_ABORT_S
         info = self.journal.job(record.job_id)
         if (
             info is not None

@@ -63,16 +63,27 @@ class NetnsCluster:
     Args:
         work: a scratch directory (configs, data dirs, certificates, logs).
         rate_bps: the shaped link rate (None: unshaped veth).
-        node_settings: extra TOML lines per node name, appended to its config.
+        node_settings: extra TOML lines per node name, appended to its config (in its [migration] table).
+        node_env: extra environment per node name (``GREENFERRY_<SECTION>__<KEY>`` overrides).
+        data_dir_limit_bytes: per node name, mount a tmpfs of this size as its data directory (a full disk).
     """
 
     def __init__(
-        self, work: Path, rate_bps: float | None, node_settings: dict[str, str] | None = None
+        self,
+        work: Path,
+        rate_bps: float | None,
+        node_settings: dict[str, str] | None = None,
+        *,
+        node_env: dict[str, dict[str, str]] | None = None,
+        data_dir_limit_bytes: dict[str, int] | None = None,
     ) -> None:
         self.work = work
         self.pair = NetnsPair(rate_bps)
         self.addr = {"a": self.pair.addr_a, "b": self.pair.addr_b}
         self.node_settings = node_settings or {}
+        self.node_env = node_env or {}
+        self.data_dir_limit_bytes = data_dir_limit_bytes or {}
+        self._mounts: list[Path] = []
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._broker: subprocess.Popen[bytes] | None = None
         self.prefix = "gfc/v1"
@@ -82,6 +93,13 @@ class NetnsCluster:
         try:
             self._start_broker()
             self._make_certs()
+            for name, limit in self.data_dir_limit_bytes.items():
+                path = self.data_dir(name)
+                path.mkdir(parents=True, exist_ok=True)
+                subprocess.run(
+                    ["mount", "-t", "tmpfs", "-o", f"size={limit}", "tmpfs", str(path)], check=True
+                )
+                self._mounts.append(path)
             for name in ("a", "b"):
                 self._write_config(name)
             self._publish_signals()
@@ -107,6 +125,9 @@ class NetnsCluster:
         if self._broker is not None and self._broker.poll() is None:
             self._broker.kill()
             self._broker.wait(10)
+        for path in self._mounts:
+            subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+        self._mounts.clear()
         self.pair.close()
 
     # -- set-up --------------------------------------------------------------------------------------
@@ -233,7 +254,7 @@ confirm_timeout_s = 5
 
     def start(self, name: str) -> None:
         """Start (or restart) daemon ``name``; its log goes to ``<work>/<name>.log``."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.node_env.get(name, {})}
         with (self.work / f"{name}.log").open("ab") as log:  # the child keeps its own descriptor
             self.procs[name] = self.pair.popen(
                 name,
