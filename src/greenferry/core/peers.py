@@ -12,15 +12,17 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from greenferry.core.feasibility import MigrationParams
 from greenferry.core.payloads import parse_windows
-from greenferry.core.policy import ClusterView, FloatArray, JobView
 from greenferry.core.signals import SurplusWindow
 from greenferry.errors import PayloadError
+
+if TYPE_CHECKING:  # numpy and the policies load with the first decision, not with the daemon
+    from greenferry.core.feasibility import MigrationParams
+    from greenferry.core.policy import ClusterView, FloatArray, JobView
 
 __all__ = [
     "ADVERT_VERSION",
@@ -153,6 +155,8 @@ def forecast_matrix(
 
     Epoch 0 uses the measured surplus where it is larger than the windows' (the windows may lag).
     """
+    import numpy as np
+
     out = np.zeros((len(windows_per_site), n_epochs))
     edges = now_s + epoch_s * np.arange(n_epochs + 1)
     for site, windows in enumerate(windows_per_site):
@@ -186,6 +190,10 @@ def cluster_view(
     horizon_s: float,
 ) -> ClusterView:
     """The policy's view of this node (site 0) and its peers."""
+    import numpy as np
+
+    from greenferry.core.policy import ClusterView
+
     n = len(sites)
     n_epochs = max(1, math.ceil(horizon_s / epoch_s))
     bandwidth = np.zeros((n, n))
@@ -219,6 +227,8 @@ def job_view(
     running: bool = True,
 ) -> JobView:
     """A job hosted by this node (site 0) as the policy sees it."""
+    from greenferry.core.policy import JobView
+
     return JobView(
         job_id=job_index,
         site=0,

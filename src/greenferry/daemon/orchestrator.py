@@ -28,13 +28,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greenferry.adapters.local_api import JobConflictError, JobNotFoundError
 from greenferry.config import DaemonConfig
 from greenferry.core.clock import Clock
 from greenferry.core.events import JobProgressed, MigrationEnded
-from greenferry.core.feasibility import MigrationParams, assess
 from greenferry.core.jobs import ACTIVE_STATES, TERMINAL_STATES, JobInfo, JobSpec, JobState, transition
 from greenferry.core.peers import (
     ADVERT_VERSION,
@@ -46,7 +45,6 @@ from greenferry.core.peers import (
     job_view,
     parse_advert,
 )
-from greenferry.core.policy import Action, Policy, make_policy
 from greenferry.core.protocol import Abort, Commit, CommitReply, MigrationStatus, Offer, OfferReply, Prepare
 from greenferry.core.signals import SignalBoard, SignalKind, SurplusWindow
 from greenferry.daemon.bus import EventBus
@@ -54,6 +52,10 @@ from greenferry.daemon.jobs import JobEvent, JobEventKind, JobSupervisor
 from greenferry.daemon.journal import Journal, MigrationRecord, MigrationRole, MigrationStep
 from greenferry.daemon.peer import PeerClient, PeerRequestError
 from greenferry.errors import GreenferryError, PayloadError, ServiceUnavailableError
+
+if TYPE_CHECKING:  # numpy and the policies load with the first decision: an idle node stays small
+    from greenferry.core.feasibility import MigrationParams
+    from greenferry.core.policy import Policy
 
 __all__ = ["MigrationProgress", "Orchestrator"]
 
@@ -152,12 +154,10 @@ class Orchestrator:
         self.jobs_root = data_dir / "jobs"
         self.jobs_root.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(data_dir / "journal.sqlite")
-        from greenferry.daemon.transfer import ChunkStore
-
-        self.chunks = ChunkStore(data_dir / "chunks")
+        self._chunks: Any = None
         peer_max_age = config.peer.advert_max_age_s if config.peer is not None else 60.0
         self.directory = PeerDirectory(self.node, peer_max_age)
-        self.policy: Policy = make_policy(config.node.policy)
+        self._policy: Policy | None = None
         self._policy_ids: dict[str, int] = {}
         self._site_names: tuple[str, ...] = ()
         self._cooldown_m: dict[tuple[str, str], float] = {}  # (job, destination) -> no retry before
@@ -169,13 +169,41 @@ class Orchestrator:
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False  # after close(): the journal is closed, the node reports no jobs
         self._wake = asyncio.Event()
-        self._params = MigrationParams(
-            checkpoint_write_s=config.migration.checkpoint_write_s,
-            restore_s=config.migration.restore_s,
-            transfer_efficiency=config.migration.transfer_efficiency,
-            alpha=config.migration.alpha,
-            network_energy_j_per_byte=config.migration.network_energy_j_per_byte,
-        )
+        self._migration_params: MigrationParams | None = None
+
+    @property
+    def chunks(self) -> Any:
+        """The content-addressed chunk store (``<data_dir>/chunks``), opened on first use."""
+        if self._chunks is None:
+            from greenferry.daemon.transfer import ChunkStore
+
+            self._chunks = ChunkStore(self.config.node.data_dir / "chunks")
+        return self._chunks
+
+    @property
+    def _params(self) -> MigrationParams:
+        """The feasibility model's parameters from [migration] (built on first use)."""
+        if self._migration_params is None:
+            from greenferry.core.feasibility import MigrationParams
+
+            m = self.config.migration
+            self._migration_params = MigrationParams(
+                checkpoint_write_s=m.checkpoint_write_s,
+                restore_s=m.restore_s,
+                transfer_efficiency=m.transfer_efficiency,
+                alpha=m.alpha,
+                network_energy_j_per_byte=m.network_energy_j_per_byte,
+            )
+        return self._migration_params
+
+    @property
+    def policy(self) -> Policy:
+        """The configured policy (built at the first decision)."""
+        if self._policy is None:
+            from greenferry.core.policy import make_policy
+
+            self._policy = make_policy(self.config.node.policy)
+        return self._policy
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -469,6 +497,8 @@ class Orchestrator:
 
     async def decide_once(self) -> None:
         """One decision epoch: the policy's view of this node and its peers, and its decisions applied."""
+        from greenferry.core.policy import Action
+
         now_m = self.clock.monotonic_s()
         candidates = [
             j
@@ -535,7 +565,7 @@ class Orchestrator:
         if names != self._site_names:
             # Site indices name other nodes now: a stateful policy's plans and learnt forecast errors refer
             # to the old list, so it starts afresh.
-            self.policy = make_policy(self.config.node.policy)
+            self._policy = None
             self._site_names = names
         decisions = self.policy.decide(self.clock.now_s(), view)
         for pid, info in by_id.items():
@@ -967,6 +997,8 @@ class Orchestrator:
                 window_s=window_s,
             )
         params = self._params.model_copy(update={"job_power_w": power_w})
+        from greenferry.core.feasibility import assess
+
         verdict = assess(offer.checkpoint_bytes, self._bandwidth_to(peer), window_s, params)
         if not verdict.energy_feasible:
             return OfferReply(
