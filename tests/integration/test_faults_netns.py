@@ -115,6 +115,9 @@ def test_the_source_is_killed_after_the_commit_request(cluster: NetnsCluster) ->
         60,
         "the restarted source to release",
     )
+    # b may have stopped it while it waited for the confirmation; it runs again once the source answers.
+    cluster.wait_for(lambda: _running_at(cluster, "b", "kill-src-1", 1), 60, "b to run it after the release")
+    cluster.wait_for(lambda: len(cluster.job_processes("kill-src-1")) == 1, 30, "one job process")
     assert len(cluster.job_processes("kill-src-1")) == 1
     at_a = cluster.job("a", "kill-src-1")
     assert at_a is not None

@@ -871,8 +871,7 @@ class Orchestrator:
         return stats
 
     async def _released(self, record: MigrationRecord, size_bytes: int, duration_s: float) -> None:
-        """The destination runs the job: let go (journal first), confirm, and keep nothing running here."""
-        self.journal.advance(record, MigrationStep.RELEASED, self.clock.now_s())
+        """The destination runs the job: let go (the job's record first, then the migration's), confirm."""
         info = self.journal.job(record.job_id)
         if info is not None and info.node == self.node:
             self._put(
@@ -886,6 +885,8 @@ class Orchestrator:
                     }
                 )
             )
+        # After the job's record: a crash in between leaves COMMITTING, which recovery resolves again.
+        self.journal.advance(record, MigrationStep.RELEASED, self.clock.now_s())
         self._local_of(record.job_id).last_migration_m = self.clock.monotonic_s()
         self.in_flight.pop(record.migration_id, None)
         self.stats.migrations += 1
