@@ -153,7 +153,7 @@ class NodeDaemon:
             return {"jobs": [], "migrations": [], "free_gpu_slots": None}
         jobs = [
             {"job_id": j.job_id, "state": j.state.value, "step": j.step, "epoch": j.epoch}
-            for j in orchestrator.journal.jobs()
+            for j in orchestrator.jobs()
             if j.node == self.config.node.name and j.state.value not in ("completed", "failed", "cancelled")
         ]
         migrations = [

@@ -26,7 +26,7 @@ import math
 import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,7 +96,6 @@ class _Local:
     """Per-job runtime state that is not journaled."""
 
     last_migration_m: float = -math.inf
-    step: int | None = None
     busy: bool = False  # a checkpoint or a migration is under way
     progress: float | None = None
     checkpoint_s: float | None = None  # measured, travels with the job (Commit)
@@ -110,7 +109,7 @@ class _Stats:
     aborted_migrations: int = 0
     bytes_sent: int = 0
     bytes_skipped: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
+    adverts_rejected: int = 0
 
 
 class Orchestrator:
@@ -154,6 +153,9 @@ class Orchestrator:
         self.jobs_root = data_dir / "jobs"
         self.jobs_root.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(data_dir / "journal.sqlite")
+        # The journal is written through on every change; reads (every decision, every power sample) come
+        # from this copy instead of SQLite.
+        self._jobs: dict[str, JobInfo] = {j.job_id: j for j in self.journal.jobs()}
         self._chunks: Any = None
         peer_max_age = config.peer.advert_max_age_s if config.peer is not None else 60.0
         self.directory = PeerDirectory(self.node, peer_max_age)
@@ -210,7 +212,7 @@ class Orchestrator:
     async def recover(self) -> None:
         """Finish or roll back what a previous process left in flight (call once, before run())."""
         now = self.clock.now_s()
-        for info in self.journal.jobs():
+        for info in self.jobs():
             if info.node == self.node and info.state in ACTIVE_STATES:
                 # The process died with the previous daemon (the SDK stops a job whose daemon is gone):
                 # it resumes from its last checkpoint.
@@ -242,7 +244,7 @@ class Orchestrator:
 
     async def close(self) -> None:
         """Checkpoint every running job (it resumes at the next start), then close the journal."""
-        for info in self.journal.jobs():
+        for info in self.jobs():
             if info.node == self.node and info.state in (JobState.RUNNING, JobState.STARTING):
                 try:
                     await self._checkpoint(info, JobState.PAUSED, "daemon stopping")
@@ -265,7 +267,7 @@ class Orchestrator:
 
     async def submit(self, spec: JobSpec) -> JobInfo:
         """Accept a new job here (it starts at the next decision)."""
-        held = self.journal.job(spec.job_id)
+        held = self._jobs.get(spec.job_id)
         if held is not None and held.state not in TERMINAL_STATES:
             raise JobConflictError(f"job {spec.job_id} already exists ({held.state.value} on {held.node})")
         if spec.gpu_count > self.config.node.gpu_count:
@@ -280,11 +282,11 @@ class Orchestrator:
 
     async def list_jobs(self) -> list[JobInfo]:
         """Every job this node knows (including the ones that moved on)."""
-        return self.journal.jobs()
+        return self.jobs()
 
     async def get(self, job_id: str) -> JobInfo:
         """One job."""
-        info = self.journal.job(job_id)
+        info = self._jobs.get(job_id)
         if info is None:
             raise JobNotFoundError(f"no job {job_id!r} on node {self.node}")
         return info
@@ -327,7 +329,12 @@ class Orchestrator:
 
     def _put(self, info: JobInfo) -> JobInfo:
         self.journal.put_job(info, self.clock.now_s())
+        self._jobs[info.job_id] = info
         return info
+
+    def jobs(self) -> list[JobInfo]:
+        """Every job this node knows, by id (as journaled)."""
+        return [self._jobs[k] for k in sorted(self._jobs)]
 
     def _local_of(self, job_id: str) -> _Local:
         local = self._local.get(job_id)
@@ -338,7 +345,7 @@ class Orchestrator:
     def _owned(self) -> list[JobInfo]:
         if self.closed:
             return []
-        return [j for j in self.journal.jobs() if j.node == self.node and j.state not in TERMINAL_STATES]
+        return [j for j in self.jobs() if j.node == self.node and j.state not in TERMINAL_STATES]
 
     def running_slots(self) -> int:
         """GPU slots held by this node's running (or starting, or checkpointing) jobs."""
@@ -401,7 +408,7 @@ class Orchestrator:
             advert = parse_advert(payload, node)
         except PayloadError as err:
             logger.debug("advert on %s rejected: %s", topic, err)
-            self.stats.extra["adverts_rejected"] = self.stats.extra.get("adverts_rejected", 0) + 1
+            self.stats.adverts_rejected += 1
             return
         self.directory.update(advert, self.clock.monotonic_s())
 
@@ -427,7 +434,7 @@ class Orchestrator:
             self.supervisor.unsubscribe(stream)
 
     def _on_job_event(self, event: JobEvent) -> None:
-        info = self.journal.job(event.job_id)
+        info = self._jobs.get(event.job_id)
         if info is None or info.node != self.node:
             return
         local = self._local_of(event.job_id)
@@ -435,7 +442,6 @@ class Orchestrator:
         updates: dict[str, Any]
         if kind is JobEventKind.PROGRESS:
             step = int(event.step) if event.step is not None else None
-            local.step = step
             updates = {"step": step}
             if info.state is JobState.STARTING:
                 updates["state"] = transition(info.state, JobState.RUNNING)
@@ -668,7 +674,7 @@ class Orchestrator:
     # ------------------------------------------------------------------------------- source side
 
     async def _migrate(self, job_id: str, advert: NodeAdvert) -> None:
-        info = self.journal.job(job_id)
+        info = self._jobs.get(job_id)
         local = self._local_of(job_id)
         try:
             if info is None or info.node != self.node or advert.peer_url is None or self.peer_client is None:
@@ -872,7 +878,7 @@ class Orchestrator:
 
     async def _released(self, record: MigrationRecord, size_bytes: int, duration_s: float) -> None:
         """The destination runs the job: let go (the job's record first, then the migration's), confirm."""
-        info = self.journal.job(record.job_id)
+        info = self._jobs.get(record.job_id)
         if info is not None and info.node == self.node:
             self._put(
                 info.model_copy(
@@ -913,7 +919,7 @@ class Orchestrator:
         record = self.journal.advance(record, MigrationStep.ABORTED, self.clock.now_s(), reason=reason[:1000])
         self.in_flight.pop(record.migration_id, None)
         self._cooldown_m[(record.job_id, record.peer)] = self.clock.monotonic_s() + _RETRY_AFTER_ABORT_S
-        info = self.journal.job(record.job_id)
+        info = self._jobs.get(record.job_id)
         if (
             info is not None
             and info.node == self.node
@@ -975,7 +981,7 @@ class Orchestrator:
         now_m = self.clock.monotonic_s()
         self._expire_reservations(now_m)
         spec = offer.job
-        held = self.journal.job(spec.job_id)
+        held = self._jobs.get(spec.job_id)
         if held is not None and held.node == self.node and held.state not in TERMINAL_STATES:
             return OfferReply(accepted=False, reason=f"job {spec.job_id} already runs here")
         if held is not None and held.epoch > offer.epoch:
@@ -1117,7 +1123,7 @@ class Orchestrator:
         job_dir.mkdir(parents=True, exist_ok=True)
         (self._staging(migration_id) / "checkpoint").rename(target)
         self._drop_staging(migration_id)
-        prior = self.journal.job(offer.job.job_id)
+        prior = self._jobs.get(offer.job.job_id)
         info = JobInfo(
             job_id=offer.job.job_id,
             spec=offer.job,
@@ -1174,7 +1180,7 @@ class Orchestrator:
         self._drop_staging(migration_id)
 
     async def _stop_foreign(self, record: MigrationRecord, why: str) -> None:
-        info = self.journal.job(record.job_id)
+        info = self._jobs.get(record.job_id)
         if info is not None and info.node == self.node and info.state in ACTIVE_STATES:
             await self.supervisor.stop(record.job_id)
         if info is not None and info.node == self.node:
@@ -1184,7 +1190,7 @@ class Orchestrator:
 
     async def _doubt(self, record: MigrationRecord) -> None:
         """A started job without the source's confirmation: stop it, then ask the source until it answers."""
-        info = self.journal.job(record.job_id)
+        info = self._jobs.get(record.job_id)
         if (
             info is not None
             and info.node == self.node
