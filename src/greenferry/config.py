@@ -38,11 +38,13 @@ from greenferry.errors import ConfigError
 __all__ = [
     "ENV_PREFIX",
     "DaemonConfig",
+    "DrConfig",
     "HttpConfig",
     "InfluxTelemetryConfig",
     "MigrationConfig",
     "MqttConfig",
     "NodeConfig",
+    "OpenAdrConfig",
     "PeerConfig",
     "PeerTlsConfig",
     "PowerConfig",
@@ -380,6 +382,72 @@ class MigrationConfig(_Section):
     )
 
 
+class DrConfig(_Section):
+    """[dr]: how the node answers grid demand-response events (MQTT ``demand_response`` signal, OpenADR).
+
+    Each event is turned into a power target; the planner meets it with the cheapest mix of GPU power caps,
+    pausing jobs at a checkpoint and migrating jobs away, or opts out when nothing suffices.
+    """
+
+    enabled: bool = Field(True, description="Act on demand-response events (false: always opt out).")
+    simple_shed_fractions: list[float] = Field(
+        [0.0, 0.25, 0.5, 1.0],
+        min_length=4,
+        max_length=4,
+        description="Share of the node's flexible GPU power shed for SIMPLE levels 0, 1, 2, 3.",
+    )
+    price_threshold_per_kwh: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="A PRICE at or above this is answered like SIMPLE level `price_level` (None: ignored).",
+    )
+    price_level: int = Field(1, ge=0, le=3, description="SIMPLE level a price above the threshold maps to.")
+    allow_power_cap: bool = Field(True, description="The planner may cap GPU power limits (NVML).")
+    allow_pause: bool = Field(True, description="The planner may pause jobs at a checkpoint.")
+    allow_migrate: bool = Field(True, description="The planner may migrate jobs away (needs [peer]).")
+    min_delivery_fraction: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Opt in only when the plan delivers at least this share of the requested reduction.",
+    )
+    baseline_window_s: float = Field(
+        300.0, ge=1, le=86400, allow_inf_nan=False, description="Power averaged before an event (s)."
+    )
+
+
+class OpenAdrConfig(_Section):
+    """[openadr]: an OpenADR 2.0b VEN (optional extra ``greenferry[openadr]``, openleadr) for one VTN."""
+
+    vtn_url: str = Field(
+        pattern=r"^https?://", description="The VTN's OpenADR endpoint, e.g. https://vtn/OpenADR2/Simple/2.0b"
+    )
+    ven_name: str = Field(min_length=1, max_length=256, description="This VEN's name as the VTN knows it.")
+    ven_id: str | None = Field(
+        None, max_length=256, description="Registered VEN id (None: the VTN assigns one)."
+    )
+    poll_interval_s: float = Field(
+        10.0, ge=0.1, le=3600, allow_inf_nan=False, description="How often the VEN polls the VTN (s)."
+    )
+    report_interval_s: float = Field(
+        60.0, ge=1, le=86400, allow_inf_nan=False, description="How often measured load is reported (s)."
+    )
+    cert_file: Path | None = Field(None, description="VEN certificate (PEM) for TLS and XML signatures.")
+    key_file: Path | None = Field(None, description="Private key (PEM) of the VEN certificate.")
+    ca_file: Path | None = Field(None, description="CA bundle to verify the VTN (None: system store).")
+    vtn_fingerprint: str | None = Field(
+        None, description="Fingerprint of the VTN certificate whose signatures are accepted."
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("[openadr] cert_file and key_file go together")
+        return self
+
+
 class DaemonConfig(BaseSettings):
     """The whole node configuration (node.toml)."""
 
@@ -399,6 +467,10 @@ class DaemonConfig(BaseSettings):
     http: HttpConfig = HttpConfig()
     peer: PeerConfig | None = Field(None, description="The peer API; without it the node never migrates.")
     migration: MigrationConfig = MigrationConfig()
+    dr: DrConfig = DrConfig()
+    openadr: OpenAdrConfig | None = Field(
+        None, description="An OpenADR 2.0b VEN; without it only MQTT events."
+    )
     shutdown_timeout_s: float = Field(
         10.0,
         gt=0,
