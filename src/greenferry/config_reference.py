@@ -132,8 +132,9 @@ def _sections() -> Iterator[tuple[str, str, type[BaseModel], tuple[str, ...], fr
         yield (f"[{section}]", _intro(model), model, (section,), frozenset())
     peer_tls = _model_of(_model_of(fields["peer"].annotation).model_fields["tls"].annotation)
     yield ("[peer.tls]", _intro(peer_tls), peer_tls, ("peer", "tls"), frozenset())
-    migration = _model_of(fields["migration"].annotation)
-    yield ("[migration]", _intro(migration), migration, ("migration",), frozenset())
+    for section in ("migration", "dr", "openadr"):
+        model = _model_of(fields[section].annotation)
+        yield (f"[{section}]", _intro(model), model, (section,), frozenset())
 
 
 def _escape(text: str) -> str:

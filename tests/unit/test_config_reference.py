@@ -41,3 +41,13 @@ def test_a_page_without_markers_is_refused() -> None:
     with pytest.raises(ValueError, match="markers"):
         update_page("# nothing here\n")
     assert update_page(f"a\n{BEGIN}\nstale\n{END}\nb\n").startswith(f"a\n{BEGIN}\n\n### top level")
+
+
+def test_every_config_section_has_a_table() -> None:
+    from greenferry.config import DaemonConfig
+    from greenferry.config_reference import _is_section
+
+    text = reference_markdown()
+    sections = [name for name, field in DaemonConfig.model_fields.items() if _is_section(field.annotation)]
+    missing = [name for name in sections if f"[{name}" not in text]
+    assert not missing, f"sections without a reference table: {missing}"
