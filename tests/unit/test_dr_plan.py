@@ -88,14 +88,17 @@ def test_price_above_the_threshold_counts_as_the_configured_level() -> None:
         [DrPayload("PRICE", (0.31,))], baseline_w=0, flexible_w=1000, max_power_w=0, rules=rules
     )
     low = target_for([DrPayload("PRICE", (0.29,))], baseline_w=0, flexible_w=1000, max_power_w=0, rules=rules)
-    assert high is not None and high.shed_w == pytest.approx(500.0)
-    assert low is not None and low.shed_w == 0.0
+    assert high is not None
+    assert high.shed_w == pytest.approx(500.0)
+    assert low is not None
+    assert low.shed_w == 0.0
 
 
 def test_the_strictest_payload_and_the_strictest_event_win() -> None:
     payloads = [DrPayload("SIMPLE", (1.0,)), DrPayload("IMPORT_CAPACITY_LIMIT", (1000.0,), "W")]
     target = target_for(payloads, baseline_w=2000.0, flexible_w=1600.0, max_power_w=3000.0, rules=RULES)
-    assert target is not None and target.shed_w == pytest.approx(1000.0)
+    assert target is not None
+    assert target.shed_w == pytest.approx(1000.0)
     combined = combine_targets([DrTarget(100, "a"), None, DrTarget(700, "b"), DrTarget(300, "c")])
     assert combined == DrTarget(700, "b")
     assert combine_targets([None, None]) is None
@@ -161,7 +164,8 @@ def test_when_nothing_suffices_the_node_opts_out_and_does_nothing() -> None:
     assert not plan.opt_in
     assert plan.actions == ()
     assert plan.planned_shed_w == 0.0
-    assert "5000 W" in plan.reason and "at most" in plan.reason
+    assert "5000 W" in plan.reason
+    assert "at most" in plan.reason
     assert plan.max_shed_w == pytest.approx(620 * 3570 / 3600)
 
 
@@ -185,19 +189,23 @@ def test_only_the_allowed_actions_are_used() -> None:
 
 def test_disabled_demand_response_always_opts_out() -> None:
     plan = plan_dr(DrTarget(10.0, "t"), 60.0, [h100_job("a")], DrRules(enabled=False))
-    assert not plan.opt_in and plan.actions == ()
+    assert not plan.opt_in
+    assert plan.actions == ()
     assert "disabled" in plan.reason
 
 
 def test_no_target_or_a_zero_target_is_an_opt_in_that_changes_nothing() -> None:
     for target in (None, DrTarget(0.0, "t")):
         plan = plan_dr(target, 60.0, [h100_job("a")], RULES)
-        assert plan.opt_in and plan.caps == {} and plan.jobs_in("pause") == ()
+        assert plan.opt_in
+        assert plan.caps == {}
+        assert plan.jobs_in("pause") == ()
 
 
 def test_an_open_ended_event_is_planned_without_overflow() -> None:
     plan = plan_dr(DrTarget(300.0, "t"), math.inf, [h100_job("a")], RULES)
-    assert plan.opt_in and math.isfinite(plan.cost_work_s)
+    assert plan.opt_in
+    assert math.isfinite(plan.cost_work_s)
     assert plan.to_json()["duration_s"] is None
 
 
