@@ -12,7 +12,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from greenferry.core.jobs import JobInfo, JobSpec, JobState
 from greenferry.daemon.app import NodeDaemon, running_daemon
 from greenferry.daemon.journal import MigrationStep
 from greenferry.testing.services import Mosquitto
+from greenferry.testing.wait import until as _until
 
 pytestmark = pytest.mark.integration
 
@@ -102,16 +103,6 @@ def _spec(name: str, steps: int = 100_000) -> JobSpec:
         checkpoint_size_bytes=6 * 2**20,
         checkpoint_timeout_s=30,
     )
-
-
-async def _until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _job(daemon: NodeDaemon, job_id: str) -> JobInfo | None:

@@ -267,6 +267,7 @@ def test_payload_values_by_type() -> None:
                         {"type": "IMPORT_CAPACITY_LIMIT", "values": [5]},
                         {"type": "EXPORT_CAPACITY_LIMIT", "values": [2000]},
                         {"type": "DISPATCH_SETPOINT", "values": [1.5]},
+                        {"type": "DISPATCH_SETPOINT_RELATIVE", "values": [-2.5]},
                         {"type": "CURVE", "values": [{"x": 1, "y": 2}, {"x": 3.5, "y": -1}]},
                         {"type": "ALERT_FLEX_ALERT", "values": ["shift load"]},
                     ]
@@ -280,6 +281,7 @@ def test_payload_values_by_type() -> None:
                 },
                 {"payloadType": "EXPORT_CAPACITY_LIMIT", "units": "W"},
                 {"payloadType": "DISPATCH_SETPOINT", "units": "MW"},
+                {"payloadType": "DISPATCH_SETPOINT_RELATIVE", "units": "KW"},
                 {"payloadType": "PRICE", "units": "KWH", "currency": "EUR"},
             ],
         )
@@ -289,9 +291,10 @@ def test_payload_values_by_type() -> None:
     assert payloads["IMPORT_CAPACITY_LIMIT"] == DrPayload("IMPORT_CAPACITY_LIMIT", (5000.0,), "W")
     assert payloads["EXPORT_CAPACITY_LIMIT"] == DrPayload("EXPORT_CAPACITY_LIMIT", (2000.0,), "W")
     assert payloads["DISPATCH_SETPOINT"].values == (1.5e6,)
+    assert payloads["DISPATCH_SETPOINT_RELATIVE"] == DrPayload("DISPATCH_SETPOINT_RELATIVE", (-2500.0,), "W")
     assert payloads["CURVE"].values == ((1.0, 2.0), (3.5, -1.0))
     assert payloads["ALERT_FLEX_ALERT"].values == ("shift load",)
-    assert json.loads(json.dumps(parsed.to_json()))["intervals"][0]["payloads"][4]["values"][0] == {
+    assert json.loads(json.dumps(parsed.to_json()))["intervals"][0]["payloads"][5]["values"][0] == {
         "x": 1.0,
         "y": 2.0,
     }

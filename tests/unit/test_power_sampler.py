@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
-from test_nvml_adapter import FakeDevice, FakeNvml
 
 from greenferry.adapters.nvml import NvmlPowerMeter
 from greenferry.core.events import PowerSample
@@ -16,6 +15,7 @@ from greenferry.daemon.bus import EventBus
 from greenferry.daemon.power import ModelPowerMeter, PowerSampler
 from greenferry.hardware_profiles import get_profile
 from greenferry.testing.clock import ManualClock
+from greenferry.testing.fake_nvml import FakeDevice, FakeNvml
 
 H100 = get_profile("h100-sxm")
 

@@ -71,6 +71,9 @@ _POWER_TYPES = frozenset(  # non-negative; converted to W when the payload descr
         "EXPORT_CAPACITY_LIMIT",
     }
 )
+# Signed power: a change from the current load (negative: consume less).
+_SIGNED_POWER_TYPES = frozenset({"DISPATCH_SETPOINT_RELATIVE"})
+_CONVERTED_TYPES = _POWER_TYPES | _SIGNED_POWER_TYPES  # converted to W when units say W, KW or MW
 _NON_NEGATIVE_TYPES = frozenset({"CHARGE_STATE_SETPOINT"})
 _CARBON_TYPES = frozenset({"GHG"})  # g/kWh
 _FRACTION_TYPES = frozenset({"OLS"})  # 0..1
@@ -479,7 +482,7 @@ def _payload(payload_type: str, values: Sequence[object], where: str, unit: str 
             raise PayloadError("bad_dr_value", f"{here}: {payload_type} {number!r} is negative")
         if payload_type in _CARBON_TYPES and number < 0:
             raise PayloadError("negative_carbon", f"{here}: GHG {number!r} is negative")
-    if payload_type in _POWER_TYPES and unit is not None and unit.upper() in _POWER_UNITS_W:
+    if payload_type in _CONVERTED_TYPES and unit is not None and unit.upper() in _POWER_UNITS_W:
         factor = _POWER_UNITS_W[unit.upper()]
         numbers = [n * factor for n in numbers]
         unit = "W"

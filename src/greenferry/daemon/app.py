@@ -135,6 +135,7 @@ class NodeDaemon:
             },
             "meter": meter.describe() if meter is not None and hasattr(meter, "describe") else None,
             "telemetry": {"type": self.config.telemetry.type},
+            "dr": None if "dr" not in self._components else self._components["dr"].status(),
             **self._jobs_status(),
         }
         return out
@@ -306,6 +307,7 @@ class NodeDaemon:
             runners["status"] = _StatusReporter(self, mqtt, config.mqtt.status_interval_s)
 
         await self._start_jobs(stack, runners)
+        await self._start_dr(stack, runners)
 
         if config.http.enabled:
             http = await stack.enter_async_context(
@@ -369,8 +371,31 @@ class NodeDaemon:
         await orchestrator.recover()
         runners["orchestrator"] = orchestrator
 
+    async def _start_dr(self, stack: AsyncExitStack, runners: dict[str, _Runnable]) -> None:
+        """The demand-response controller (restores limits a crash left first), and the OpenADR VEN."""
+        from greenferry.daemon.dr import DrController
+
+        mqtt = self._components.get("mqtt")
+        controller = await stack.enter_async_context(
+            DrController(
+                self.config,
+                self.clock,
+                self.bus,
+                self._components["meter"],
+                self._components.get("orchestrator"),
+                registry=self.registry,
+                publish=None if mqtt is None else self._retained_publisher(mqtt, "dr"),
+            )
+        )
+        self._components["dr"] = controller
+        runners["dr"] = controller
+
     def _advert_publisher(self, mqtt: Any) -> Callable[[bytes], Awaitable[None]]:
-        topic = f"{self.config.mqtt_prefix}/nodes/{self.config.node.name}/state"
+        return self._retained_publisher(mqtt, "state")
+
+    def _retained_publisher(self, mqtt: Any, leaf: str) -> Callable[[bytes], Awaitable[None]]:
+        """Publishes retained, QoS 1, to ``<prefix>/nodes/<node>/<leaf>``."""
+        topic = f"{self.config.mqtt_prefix}/nodes/{self.config.node.name}/{leaf}"
 
         async def publish(payload: bytes) -> None:
             await mqtt.publish(topic, payload, qos=1, retain=True)

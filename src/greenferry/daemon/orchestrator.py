@@ -172,6 +172,7 @@ class Orchestrator:
         self.closed = False  # after close(): the journal is closed, the node reports no jobs
         self._wake = asyncio.Event()
         self._migration_params: MigrationParams | None = None
+        self.held: dict[str, str] = {}  # job -> why it must not start here now (a demand-response pause)
 
     @property
     def chunks(self) -> Any:
@@ -321,6 +322,70 @@ class Orchestrator:
         self._local_of(job_id).busy = True
         self._spawn(self._migrate(job_id, advert), f"migrate-{job_id}")
         return info
+
+    async def hold(self, job_id: str, why: str) -> bool:
+        """Keep ``job_id`` from running here until :meth:`release`: checkpoint and pause it if it runs.
+
+        Returns True when the job is held (paused, pending, or being paused now); False when it cannot be
+        (unknown, not on this node, finished, or in the middle of a checkpoint or migration).
+        """
+        info = self._jobs.get(job_id)
+        if info is None or info.node != self.node or info.state in TERMINAL_STATES:
+            return False
+        if self._local_of(job_id).busy or info.state is JobState.MIGRATING:
+            return False
+        self.held[job_id] = why
+        if info.state in (JobState.RUNNING, JobState.STARTING):
+            self._local_of(job_id).busy = True
+            self._spawn(self._pause_for(info, why), f"hold-{job_id}")
+        return True
+
+    async def _pause_for(self, info: JobInfo, why: str) -> None:
+        try:
+            await self._checkpoint(info, JobState.PAUSED, why)
+        except GreenferryError as err:
+            logger.warning("job %s: pause (%s) failed: %s", info.job_id, why, err)
+        finally:
+            self._local_of(info.job_id).busy = False
+
+    def release(self, job_id: str) -> None:
+        """Let a held job run again (the next decision restarts it where the policy says so)."""
+        if self.held.pop(job_id, None) is not None:
+            self._wake.set()
+
+    def migration_option(self, job_id: str, *, min_surplus_w: float = 0.0) -> tuple[float, str] | None:
+        """The quickest move of ``job_id`` now: (predicted total time in s, destination node), or None.
+
+        Only fresh peers with a peer URL, free GPU slots for the job and at least ``min_surplus_w`` of
+        surplus count; the time uses the measured bandwidth to each.
+        """
+        info = self._jobs.get(job_id)
+        if info is None or self.peer_client is None or not info.spec.migratable:
+            return None
+        size = float(info.checkpoint_bytes or info.spec.checkpoint_size_bytes)
+        best: tuple[float, str] | None = None
+        for advert in self.directory.peers(self.clock.monotonic_s()):
+            if advert.peer_url is None or advert.free_gpu_slots < info.spec.gpu_count:
+                continue
+            if advert.surplus_w < min_surplus_w:
+                continue
+            if self._cooldown_m.get((job_id, advert.node), -math.inf) > self.clock.monotonic_s():
+                continue
+            option = (self.predicted_migration_s(size, advert.node, job_id), advert.node)
+            if best is None or option < best:
+                best = option
+        return best
+
+    def job_timings_s(self, job_id: str) -> tuple[float, float]:
+        """(checkpoint write, restore) seconds of ``job_id``: measured once it had them, else configured."""
+        p = self._params
+        local = self._local.get(job_id)
+        checkpoint_s = local.checkpoint_s if local is not None else None
+        restore_s = local.restore_s if local is not None else None
+        return (
+            p.checkpoint_write_s if checkpoint_s is None else checkpoint_s,
+            p.restore_s if restore_s is None else restore_s,
+        )
 
     def _peer_names(self) -> str:
         return ", ".join(a.node for a in self.directory.peers(self.clock.monotonic_s())) or "none"
@@ -596,7 +661,7 @@ class Orchestrator:
                     continue
                 action = Action.RUN
             if action is Action.RUN and info.state in (JobState.PENDING, JobState.PAUSED):
-                if self.free_slots() >= info.spec.gpu_count:
+                if info.job_id not in self.held and self.free_slots() >= info.spec.gpu_count:
                     await self._start(
                         info, resume=info.checkpoint_step is not None or info.state is JobState.PAUSED
                     )
@@ -615,12 +680,7 @@ class Orchestrator:
         logger.info("job %s started on %s (%s)", info.job_id, self.node, "resumed" if resume else "fresh")
 
     async def _pause(self, info: JobInfo) -> None:
-        try:
-            await self._checkpoint(info, JobState.PAUSED, "paused by the policy")
-        except GreenferryError as err:
-            logger.warning("job %s: pause failed: %s", info.job_id, err)
-        finally:
-            self._local_of(info.job_id).busy = False
+        await self._pause_for(info, "paused by the policy")
 
     async def _checkpoint(self, info: JobInfo, then: JobState, why: str) -> JobInfo:
         """Ask the job to checkpoint and exit; record the checkpoint; the job ends in ``then``."""
@@ -662,14 +722,10 @@ class Orchestrator:
         """T_ckpt + 8 S / (eta B) + T_restore: measured bandwidth to ``node``, and the job's own measured
         checkpoint and restore times once it has had them (the configured ones before)."""
         p = self._params
-        local = self._local.get(job_id) if job_id is not None else None
-        checkpoint_s = local.checkpoint_s if local is not None and local.checkpoint_s is not None else None
-        restore_s = local.restore_s if local is not None and local.restore_s is not None else None
-        return (
-            (p.checkpoint_write_s if checkpoint_s is None else checkpoint_s)
-            + 8 * size_bytes / (p.transfer_efficiency * self._bandwidth_to(node))
-            + (p.restore_s if restore_s is None else restore_s)
+        checkpoint_s, restore_s = (
+            self.job_timings_s(job_id) if job_id is not None else (p.checkpoint_write_s, p.restore_s)
         )
+        return checkpoint_s + 8 * size_bytes / (p.transfer_efficiency * self._bandwidth_to(node)) + restore_s
 
     # ------------------------------------------------------------------------------- source side
 
