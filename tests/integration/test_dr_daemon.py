@@ -301,7 +301,7 @@ async def test_limits_a_crash_left_behind_are_restored_at_the_next_start(
     nvml.devices[1].limit_mw = 300_000
     config = _config(tmp_path, mosquitto, prefix)
     journal = CapJournal(config.node.data_dir / "dr.sqlite")
-    journal.record(1, 700.0, 300.0, "ev-crash", time.time())
+    journal.record([(1, 700.0, 300.0)], "ev-crash", time.time())
     journal.close()
     meter = NvmlPowerMeter(ManualClock(), nvml=nvml)
     daemon = NodeDaemon(config, meter=meter)

@@ -29,7 +29,6 @@ import asyncio
 import json
 import logging
 import sqlite3
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,7 +59,11 @@ _MAX_REPLANS = 4  # plans in a row when caps are refused
 
 
 class CapJournal:
-    """GPU power limits as they were before greenferry capped them, on disk until they are restored."""
+    """GPU power limits as they were before greenferry capped them, on disk until they are restored.
+
+    Writes are synchronous (``synchronous=FULL``): a cap is on disk before the GPU sees it. Reads come from
+    an in-memory copy.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,25 +75,36 @@ class CapJournal:
             "gpu_index INTEGER PRIMARY KEY, original_limit_w REAL NOT NULL, "
             "limit_w REAL NOT NULL, event_id TEXT NOT NULL, time_s REAL NOT NULL)"
         )
+        rows = self._db.execute("SELECT gpu_index, original_limit_w FROM power_caps ORDER BY gpu_index")
+        self._originals = {int(i): float(w) for i, w in rows}
 
-    def record(
-        self, gpu_index: int, original_limit_w: float, limit_w: float, event_id: str, now_s: float
-    ) -> None:
-        """Note a cap before it is applied; the first original limit of a GPU is kept."""
-        self._db.execute(
-            "INSERT INTO power_caps VALUES (?, ?, ?, ?, ?) ON CONFLICT(gpu_index) DO UPDATE SET "
-            "limit_w = excluded.limit_w, event_id = excluded.event_id, time_s = excluded.time_s",
-            (gpu_index, original_limit_w, limit_w, event_id, now_s),
-        )
+    def record(self, caps: Sequence[tuple[int, float, float]], event_id: str, now_s: float) -> None:
+        """Note caps (GPU, original limit, new limit) before they are applied, in one transaction; the first
+        original limit of a GPU is kept."""
+        if not caps:
+            return
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO power_caps VALUES (?, ?, ?, ?, ?) ON CONFLICT(gpu_index) DO UPDATE SET "
+                "limit_w = excluded.limit_w, event_id = excluded.event_id, time_s = excluded.time_s",
+                [(index, original, limit, event_id, now_s) for index, original, limit in caps],
+            )
+        for index, original, _ in caps:
+            self._originals.setdefault(index, original)
 
     def forget(self, gpu_index: int) -> None:
         """The GPU is back at its original limit."""
         self._db.execute("DELETE FROM power_caps WHERE gpu_index = ?", (gpu_index,))
+        self._originals.pop(gpu_index, None)
 
     def originals(self) -> dict[int, float]:
         """GPU index -> the limit to restore."""
-        rows = self._db.execute("SELECT gpu_index, original_limit_w FROM power_caps ORDER BY gpu_index")
-        return {int(i): float(w) for i, w in rows}
+        return dict(self._originals)
+
+    def original(self, gpu_index: int) -> float | None:
+        """The limit to restore on ``gpu_index``, if it is journaled."""
+        return self._originals.get(gpu_index)
 
     def close(self) -> None:
         """Close the database."""
@@ -194,7 +208,6 @@ class DrController:
         self._uncappable: set[int] = set()
         self._uncapped_w: dict[str, float] = {}
         self._pending_restore: dict[int, float] = {}
-        self.cap_applied_at: dict[str, float] = {}  # event id -> monotonic s its first cap was set (bench)
         self._m_requested = Gauge(
             "greenferry_dr_requested_shed_w", "Reduction the events in force ask for (W).", registry=registry
         )
@@ -511,16 +524,17 @@ class DrController:
         refused = False
         wanted = plan.caps
         readings = {g.index: g for g in self._latest.gpus} if self._latest is not None else {}
+        changes: list[tuple[int, float, float]] = []
         for index, planned_w in sorted(wanted.items()):
             reading = readings.get(index)
             limit_w = planned_w
             if reading is not None:
                 limit_w = min(max(planned_w, reading.power_limit_min_w), reading.power_limit_max_w)
-            if self._applied.caps_w.get(index) == limit_w:
-                continue
-            original = self._original_limit(index, reading)
-            assert self._journal is not None
-            self._journal.record(index, original, limit_w, event_id, self.clock.now_s())
+            if self._applied.caps_w.get(index) != limit_w:
+                changes.append((index, self._original_limit(index, reading), limit_w))
+        assert self._journal is not None
+        self._journal.record(changes, event_id, self.clock.now_s())
+        for index, _, limit_w in changes:
             try:
                 applied = await self._meter.set_power_limit_w(index, limit_w)
             except GreenferryError as err:
@@ -533,7 +547,6 @@ class DrController:
                     self._journal.forget(index)
                 continue
             self._applied.caps_w[index] = float(applied)
-            self.cap_applied_at.setdefault(event_id, time.monotonic())
         for index in sorted(set(self._applied.caps_w) - set(wanted)):
             await self._restore_one(index)
         await self._apply_jobs(plan)
@@ -541,7 +554,7 @@ class DrController:
 
     def _original_limit(self, index: int, reading: Any) -> float:
         assert self._journal is not None
-        journaled = self._journal.originals().get(index)
+        journaled = self._journal.original(index)
         if journaled is not None:
             return journaled
         if reading is not None:
@@ -572,7 +585,7 @@ class DrController:
 
     async def _restore_one(self, index: int) -> None:
         assert self._journal is not None
-        original = self._journal.originals().get(index)
+        original = self._journal.original(index)
         self._applied.caps_w.pop(index, None)
         if original is None:
             return
@@ -633,6 +646,7 @@ class DrController:
             "power_caps_w": {str(i): w for i, w in sorted(self._applied.caps_w.items())},
             "paused_jobs": sorted(self._applied.held),
             "pending_restores": sorted(self._pending_restore),
+            "journaled_gpus": [] if self._journal is None else sorted(self._journal.originals()),
         }
 
     def decision(self, event_id: str) -> EventDecision | None:

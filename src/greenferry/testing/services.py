@@ -133,6 +133,7 @@ class Mosquitto:
     auth_port: int = field(default_factory=free_port)
     tls_port: int = field(default_factory=free_port)
     tls: TlsFiles | None = None
+    tcp_nodelay: bool = False  # mosquitto's set_tcp_nodelay: no Nagle delay on what it sends
     _proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -149,6 +150,7 @@ class Mosquitto:
         (d / "mosquitto.conf").write_text(
             "per_listener_settings true\npersistence false\nuser root\n"
             f"log_dest file {d}/mosquitto.log\nmax_packet_size 16777216\n"
+            f"set_tcp_nodelay {'true' if self.tcp_nodelay else 'false'}\n"
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"listener {self.auth_port} 127.0.0.1\nallow_anonymous false\npassword_file {d}/passwd\n"
             f"listener {self.tls_port} 127.0.0.1\nallow_anonymous true\n"
