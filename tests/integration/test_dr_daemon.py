@@ -340,3 +340,49 @@ async def test_disabled_demand_response_opts_out_and_touches_nothing(
     assert not node.dr.decision("ev-d").opt_in
     await asyncio.sleep(0.3)
     assert node.limits_w() == [700.0, 700.0]
+
+
+@pytest.mark.filterwarnings(
+    "ignore:It is recommended to use web.AppKey instances for keys:aiohttp.web_exceptions.NotAppKeyWarning"
+)
+async def test_an_openadr_vtn_event_is_answered_by_the_planner_and_capped(
+    tmp_path: Path, mosquitto: Mosquitto, prefix: str
+) -> None:
+    from test_openadr_ven import VEN_NAME, Vtn, signal_event
+
+    from greenferry.testing.services import free_port
+
+    vtn = Vtn(free_port())
+    await vtn.start()
+    try:
+        nvml = FakeNvml(_devices())
+        # Caps only: a request to drop to 0 W is then beyond the node, whatever it measures.
+        config = _config(tmp_path, mosquitto, prefix, allow_pause=False, allow_migrate=False)
+        data = config.model_dump(mode="json", exclude_none=True)
+        data["openadr"] = {"vtn_url": vtn.url, "ven_name": VEN_NAME, "poll_interval_s": 1}
+        config = config_from_mapping(data, environ={})
+        meter = NvmlPowerMeter(RealClock(), nvml=nvml)
+        daemon = NodeDaemon(config, meter=meter)
+        async with running_daemon(daemon):
+            node = Node(daemon, nvml)
+            await _running_job(node)
+            # Level 1 now: the node can deliver it with caps, so it opts in and caps.
+            met = vtn.add_event(signal_event("vtn-ok", payloads=(1.0,), start_in_s=-1))
+            assert await vtn.opt(met) == "optIn"
+            await _until(lambda: max(node.limits_w()) < 700, 10, "the caps for the VTN's event")
+            # Dispatch to 0 W: caps cannot get there, so the node opts out and changes nothing for it.
+            limits = node.limits_w()
+            impossible = vtn.add_event(
+                signal_event("vtn-no", "LOAD_DISPATCH", "setpoint", payloads=(0.0,), start_in_s=-1)
+            )
+            assert await vtn.opt(impossible) == "optOut"
+            decision = node.dr.decision(impossible)
+            assert decision is not None
+            assert not decision.opt_in
+            assert "at most" in decision.reason
+            assert node.limits_w() == limits
+            assert daemon.status()["openadr"]["opted_out"] >= 1
+        await meter.close()
+        assert [d.limit_mw for d in nvml.devices] == [700_000, 700_000]
+    finally:
+        await vtn.stop()

@@ -136,6 +136,7 @@ class NodeDaemon:
             "meter": meter.describe() if meter is not None and hasattr(meter, "describe") else None,
             "telemetry": {"type": self.config.telemetry.type},
             "dr": None if "dr" not in self._components else self._components["dr"].status(),
+            "openadr": None if "openadr" not in self._components else self._components["openadr"].status(),
             **self._jobs_status(),
         }
         return out
@@ -389,6 +390,14 @@ class NodeDaemon:
         )
         self._components["dr"] = controller
         runners["dr"] = controller
+        if self.config.openadr is not None:
+            from greenferry.adapters.openadr import OpenAdrVen
+
+            ven = OpenAdrVen(
+                self.config.openadr, self.clock, controller.on_openadr_event, controller.measured_load_w
+            )
+            self._components["openadr"] = ven
+            runners["openadr"] = ven
 
     def _advert_publisher(self, mqtt: Any) -> Callable[[bytes], Awaitable[None]]:
         return self._retained_publisher(mqtt, "state")
