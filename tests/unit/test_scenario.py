@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from greenferry.core.units import parse_size_bytes
 from greenferry.errors import ConfigError, TraceError
 from greenferry.hardware_profiles import get_profile
 from greenferry.sim.engine import World
@@ -196,10 +197,13 @@ def test_unknown_scenario_lists_the_builtins(tmp_path: Path) -> None:
 # --- the built-in scenarios -------------------------------------------------------------------------------
 
 
+BUILTIN_NAMES = sorted(builtin_scenarios())  # every shipped scenario, including ones added later
+
+
 @pytest.fixture(scope="module")
 def builtins() -> dict[str, tuple[ScenarioSpec, Path, World]]:
     out = {}
-    for name in ("paper", "global-8"):
+    for name in BUILTIN_NAMES:
         spec, base = load_scenario(name)
         out[name] = (spec, base, build_world(spec, base, 0))
     return out
@@ -219,7 +223,7 @@ def test_builtins_are_listed() -> None:
     assert all(path.is_file() for path in names.values())
 
 
-@pytest.mark.parametrize("name", ["paper", "global-8"])
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
 def test_builtin_world_shapes(builtins: dict[str, tuple[ScenarioSpec, Path, World]], name: str) -> None:
     spec, _, world = builtins[name]
     step = _duration_s(spec.step)
@@ -244,7 +248,7 @@ def test_builtin_world_shapes(builtins: dict[str, tuple[ScenarioSpec, Path, Worl
     assert world.isolated is spec.jobs.isolated
 
 
-@pytest.mark.parametrize("name", ["paper", "global-8"])
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
 def test_builtin_jobs_follow_the_spec(
     builtins: dict[str, tuple[ScenarioSpec, Path, World]], name: str
 ) -> None:
@@ -254,6 +258,7 @@ def test_builtin_jobs_follow_the_spec(
     spacing = _duration_s(cfg.spacing) / world.step_s
     first = _duration_s(cfg.first_arrival)
     work_lo, work_hi = (_duration_s(w) / world.step_s for w in cfg.work)
+    size_lo, size_hi = (parse_size_bytes(c) for c in cfg.checkpoint)
     powers = {get_profile(p).train_power_w + get_profile(p).host_power_w for p in cfg.profiles}
     for i, jm in enumerate(world.jobs):
         assert jm.job_id == i
@@ -262,7 +267,7 @@ def test_builtin_jobs_follow_the_spec(
         if lo + spacing < world.n_steps:
             assert math.floor(lo) <= jm.arrival_step <= math.ceil(lo + spacing)
         assert math.floor(work_lo) <= jm.work_steps <= math.ceil(work_hi)
-        assert 1e9 * (1 - 1e-9) <= jm.checkpoint_bytes <= 1e11 * (1 + 1e-9)
+        assert size_lo * (1 - 1e-9) <= jm.checkpoint_bytes <= size_hi * (1 + 1e-9)
         assert 0 <= jm.home_site < len(world.sites)
         assert jm.power_w in powers
 
