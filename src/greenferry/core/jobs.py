@@ -11,15 +11,17 @@ from __future__ import annotations
 import enum
 import re
 from pathlib import PurePosixPath
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 __all__ = [
     "ACTIVE_STATES",
     "JOB_ID_RE",
+    "MAX_JOB_PARTS",
     "TERMINAL_STATES",
     "JobInfo",
+    "JobPart",
     "JobSpec",
     "JobState",
     "TransitionError",
@@ -31,6 +33,49 @@ JOB_ID_RE = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_COMMAND_ARGS = 256
 MAX_ENV_VARS = 256
+MAX_JOB_PARTS = 64  # data-parallel workers of one job; as many as GPUs a spec may ask for
+MAX_STATE_BYTES = 2**50
+
+
+class JobPart(BaseModel):
+    """A group of identical data-parallel workers of a job, each with a checkpoint state of its own.
+
+    Each worker is one part: it takes one GPU slot and may move on its own (see core/feasibility.py's
+    ``largest_movable_parts``) unless ``pinned``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workers: int = Field(1, ge=1, le=MAX_JOB_PARTS, description="Workers in this group (one GPU each).")
+    state_bytes: int = Field(
+        ge=0, le=MAX_STATE_BYTES, description="Checkpoint state of each worker of the group (bytes)."
+    )
+    pinned: bool = Field(
+        False, description="True keeps these workers on the node the job was submitted to (local data)."
+    )
+
+
+def _part_totals(parts: object) -> tuple[int, int] | None:
+    """(workers, state bytes) of a raw ``parts`` value, or None when it is malformed (validation says why)."""
+    if not isinstance(parts, list) or not 0 < len(parts) <= MAX_JOB_PARTS:
+        return None
+    workers = state = 0
+    for part in parts:
+        count: object
+        size: object
+        if isinstance(part, JobPart):
+            count, size = part.workers, part.state_bytes
+        elif isinstance(part, dict):
+            count, size = part.get("workers", 1), part.get("state_bytes")
+        else:
+            return None
+        if type(count) is not int or type(size) is not int:
+            return None
+        if not 1 <= count <= MAX_JOB_PARTS or not 0 <= size <= MAX_STATE_BYTES:
+            return None
+        workers += count
+        state += count * size
+    return workers, state
 
 
 class JobSpec(BaseModel):
@@ -69,6 +114,55 @@ class JobSpec(BaseModel):
     checkpoint_timeout_s: float = Field(
         120.0, gt=0, le=3600, allow_inf_nan=False, description="Longest a checkpoint may take on request."
     )
+    # Last, so that its validator sees gpu_count and checkpoint_size_bytes. Left out of the JSON when
+    # absent: a job without parts serialises exactly as before (older peers forbid unknown fields).
+    parts: list[JobPart] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_JOB_PARTS,
+        exclude_if=lambda value: value is None,
+        description=(
+            "Data-parallel workers, each with its own state; absent: the job is one movable part. "
+            "gpu_count and checkpoint_size_bytes default to the workers' count and total state."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _totals_from_parts(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("parts") is None:
+            return data
+        filled = dict(data)
+        totals = _part_totals(data["parts"])
+        if totals is None:
+            # Malformed parts: their own errors say why; a "checkpoint_size_bytes missing" would only
+            # distract (the spec is rejected either way).
+            filled.setdefault("checkpoint_size_bytes", 0)
+            return filled
+        filled.setdefault("gpu_count", min(totals[0], MAX_JOB_PARTS))
+        filled.setdefault("checkpoint_size_bytes", min(totals[1], MAX_STATE_BYTES))
+        return filled
+
+    @field_validator("parts")
+    @classmethod
+    def _parts_consistent(cls, value: list[JobPart] | None, info: ValidationInfo) -> list[JobPart] | None:
+        if value is None:
+            return None
+        workers = sum(part.workers for part in value)
+        if workers > MAX_JOB_PARTS:
+            raise ValueError(f"{workers} workers in all (limit {MAX_JOB_PARTS})")
+        if all(part.pinned for part in value):
+            raise ValueError("every worker is pinned: nothing could move (migratable = false pins a job)")
+        state = sum(part.workers * part.state_bytes for part in value)
+        if state > MAX_STATE_BYTES:
+            raise ValueError(f"the workers' state totals {state} bytes (limit {MAX_STATE_BYTES})")
+        gpu_count = info.data.get("gpu_count")
+        if gpu_count is not None and gpu_count != workers:
+            raise ValueError(f"{workers} workers (one GPU each) but gpu_count is {gpu_count}")
+        size = info.data.get("checkpoint_size_bytes")
+        if size is not None and size != state:
+            raise ValueError(f"the workers' state totals {state} bytes but checkpoint_size_bytes is {size}")
+        return value
 
     @field_validator("env")
     @classmethod
@@ -103,6 +197,25 @@ class JobSpec(BaseModel):
     def job_id(self) -> str:
         """The job's id (its name)."""
         return self.name
+
+    @property
+    def part_state_bytes(self) -> tuple[int, ...]:
+        """Checkpoint state of each part (worker), in declaration order; one part without ``parts``."""
+        if self.parts is None:
+            return (self.checkpoint_size_bytes,)
+        return tuple(part.state_bytes for part in self.parts for _ in range(part.workers))
+
+    @property
+    def part_pinned(self) -> tuple[bool, ...]:
+        """Whether each part (worker) is pinned, in the order of ``part_state_bytes``."""
+        if self.parts is None:
+            return (False,)
+        return tuple(part.pinned for part in self.parts for _ in range(part.workers))
+
+    @property
+    def moves_whole(self) -> bool:
+        """Whether the job may move as a whole: migratable, and no part is pinned."""
+        return self.migratable and not any(self.part_pinned)
 
 
 class JobState(enum.StrEnum):

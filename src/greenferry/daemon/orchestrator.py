@@ -310,7 +310,7 @@ class Orchestrator:
         info = await self.get(job_id)
         if info.node != self.node or info.state in TERMINAL_STATES:
             raise JobConflictError(f"job {job_id} is {info.state.value} on {info.node}")
-        if not info.spec.migratable:
+        if not info.spec.moves_whole:  # not migratable, or a pinned worker (parts)
             raise JobConflictError(f"job {job_id} is not migratable")
         if self._local_of(job_id).busy:
             raise JobConflictError(f"job {job_id} is already checkpointing or migrating")
@@ -360,7 +360,7 @@ class Orchestrator:
         surplus count; the time uses the measured bandwidth to each.
         """
         info = self._jobs.get(job_id)
-        if info is None or self.peer_client is None or not info.spec.migratable:
+        if info is None or self.peer_client is None or not info.spec.moves_whole:
             return None
         size = float(info.checkpoint_bytes or info.spec.checkpoint_size_bytes)
         best: tuple[float, str] | None = None
@@ -653,7 +653,7 @@ class Orchestrator:
                 and self._cooldown_m.get((info.job_id, peers[decision.dst_site - 1].node), -math.inf) <= now_m
             ):
                 movable = info.state is not JobState.PENDING or info.checkpoint_step is not None
-                if info.spec.migratable and movable:
+                if info.spec.moves_whole and movable:
                     self._local_of(info.job_id).busy = True
                     self._spawn(
                         self._migrate(info.job_id, peers[decision.dst_site - 1]), f"migrate-{info.job_id}"
