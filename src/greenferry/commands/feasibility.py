@@ -1,4 +1,8 @@
-"""``greenferry feasibility``: can this checkpoint move over this link within this renewable window?"""
+"""``greenferry feasibility``: can this checkpoint move over this link within this renewable window?
+
+With ``--parts`` (the states of a data-parallel job's workers) it also says which of them can move: the
+largest set whose move fits in the window's budget (``core.feasibility.largest_movable_parts``).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from greenferry.core.feasibility import FeasibilityVerdict, MigrationParams, assess
+from greenferry.core.feasibility import (
+    FeasibilityVerdict,
+    MigrationParams,
+    MovableParts,
+    assess,
+    largest_movable_parts,
+)
+from greenferry.core.jobs import MAX_JOB_PARTS
 from greenferry.core.units import (
     format_bandwidth,
     format_bytes,
@@ -68,6 +79,14 @@ def register(subparsers: Any) -> None:
         metavar="NAME|FILE",
         help="hardware profile: P_job = train + host power, idle ends = idle + host power (--job-power wins)",
     )
+    parser.add_argument(
+        "--parts",
+        metavar="SIZES",
+        help="a data-parallel job's workers, e.g. 4x40GB,60GB: which can move? (--checkpoint: their sum)",
+    )
+    parser.add_argument(
+        "--pinned-parts", metavar="SIZES", help="workers that must stay, e.g. 10GB (count in the sum only)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument(
         "--plot", metavar="FILE", help="draw the feasibility domain to FILE (PNG); S/B/T_w become optional"
@@ -98,6 +117,26 @@ def _parse_fraction(text: str) -> float:
     if not math.isfinite(value) or not 0.0 < value <= 1.0:
         raise UnitError(f"invalid fraction {text!r}: must be in (0, 1]")
     return value
+
+
+def parse_part_sizes(flag: str, text: str) -> list[float]:
+    """Part sizes from ``SIZE[,SIZE...]``, where an item ``Nx SIZE`` stands for N parts of that size.
+
+    Raises:
+        UnitError: an empty item, a bad count or size, or more than ``MAX_JOB_PARTS`` parts (names the flag).
+    """
+    sizes: list[float] = []
+    for item in text.split(","):
+        count_text, sep, size_text = item.strip().partition("x")
+        if not sep or not count_text.strip().isdigit():
+            count_text, size_text = "1", item.strip()
+        count = int(count_text)
+        if not 1 <= count <= MAX_JOB_PARTS:
+            raise UnitError(f"{flag}: {item.strip()!r}: the count must be 1 to {MAX_JOB_PARTS}")
+        sizes += [_flag_value(flag, size_text.strip(), parse_size_bytes)] * count
+        if len(sizes) > MAX_JOB_PARTS:
+            raise UnitError(f"{flag}: more than {MAX_JOB_PARTS} parts")
+    return sizes
 
 
 def build_params(args: argparse.Namespace) -> MigrationParams:
@@ -238,9 +277,17 @@ def _print_table(
 def run(args: argparse.Namespace) -> int:
     """Run ``greenferry feasibility``; returns the exit code (0, also for an infeasible verdict)."""
     params = build_params(args)
+    part_bytes = None if args.parts is None else parse_part_sizes("--parts", args.parts)
+    pinned_bytes = [] if args.pinned_parts is None else parse_part_sizes("--pinned-parts", args.pinned_parts)
+    if pinned_bytes and part_bytes is None:
+        raise GreenferryError("feasibility: --pinned-parts needs --parts (the workers that may move)")
+    if part_bytes is not None and len(part_bytes) + len(pinned_bytes) > MAX_JOB_PARTS:
+        raise UnitError(f"--parts, --pinned-parts: more than {MAX_JOB_PARTS} parts in all")
     size_bytes = (
         None if args.checkpoint is None else _flag_value("--checkpoint", args.checkpoint, parse_size_bytes)
     )
+    if size_bytes is None and part_bytes is not None:
+        size_bytes = float(sum(part_bytes) + sum(pinned_bytes))
     bandwidth_bps = (
         None if args.bandwidth is None else _flag_value("--bandwidth", args.bandwidth, parse_bandwidth_bps)
     )
@@ -281,13 +328,37 @@ def run(args: argparse.Namespace) -> int:
     assert bandwidth_bps is not None
     assert window_s is not None
     verdict = assess(size_bytes, bandwidth_bps, window_s, params)
+    movable = None
+    all_parts = [*(part_bytes or []), *pinned_bytes]
+    pinned = [False] * len(part_bytes or []) + [True] * len(pinned_bytes)
+    if part_bytes is not None:
+        movable = largest_movable_parts(all_parts, bandwidth_bps, window_s, params, pinned=pinned)
     if args.json:
         document = _verdict_json(verdict, size_bytes, bandwidth_bps, window_s, params)
+        if movable is not None:
+            document["parts"] = {**movable.to_dict(), "part_bytes": all_parts, "pinned": pinned}
         if args.plot is not None:
             document["plot"] = str(args.plot)
         print(json.dumps(document, allow_nan=False))
     else:
         _print_table(verdict, size_bytes, bandwidth_bps, window_s, params)
+        if movable is not None:
+            print(_parts_line(movable, len(pinned_bytes)))
         if args.plot is not None:
             print(f"wrote {args.plot}")
     return 0
+
+
+def _parts_line(movable: MovableParts, n_pinned: int) -> str:
+    """One line on which parts can move."""
+    pinned = f" ({n_pinned} more pinned)" if n_pinned else ""
+    budget = format_duration(movable.budget_s)
+    if movable.count == 0:
+        return f"parts: none of the {movable.movable_parts} movable parts fits in α·T_w {budget}{pinned}"
+    which = ", ".join(str(i) for i in movable.indices)
+    return (
+        f"parts: {movable.count} of the {movable.movable_parts} movable parts can go together{pinned} "
+        f"(parts {which}, "
+        f"{format_bytes(movable.size_bytes)}, T_mig {format_duration(movable.migration_time_s)} "
+        f"≤ α·T_w {budget})"
+    )

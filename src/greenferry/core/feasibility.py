@@ -17,6 +17,10 @@ Comparisons grant a relative slack of 1e-9 so that the closed-form boundaries (`
 Derivation of the energy boundary (c = T_ckpt + T_restore, k = 8/(eta*B) seconds per byte):
 ``P_job*c + P_idle*k*S + e_net*S < P_job*(T_w - c - k*S)``
 <=>  ``S < P_job*(T_w - 2c) / (k*(P_idle + P_job) + e_net)``.
+
+Jobs made of parts (data-parallel workers, each with its own state S_i): a set X of parts moves together
+over one link, checkpointing and restoring in parallel, so it takes ``T_mig(sum of S_i over X)`` and passes
+the time check when that fits in ``alpha*T_w``. ``largest_movable_parts`` finds the largest such set.
 """
 
 from __future__ import annotations
@@ -33,16 +37,20 @@ __all__ = [
     "BoolArray",
     "FeasibilityVerdict",
     "FloatArray",
+    "IntArray",
     "MigrationParams",
+    "MovableParts",
     "assess",
     "break_even_s",
     "energy_feasible",
+    "largest_movable_parts",
     "max_checkpoint_bytes",
     "max_checkpoint_bytes_energy",
     "migration_energy_j",
     "migration_time_s",
     "min_bandwidth_bps",
     "min_bandwidth_bps_energy",
+    "movable_part_counts",
     "time_budget_s",
     "time_feasible",
     "transfer_time_s",
@@ -50,6 +58,7 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
 # Array inputs of any numeric dtype are accepted; results are float64 (or bool) arrays.
 _AnyArray = npt.NDArray[Any]
 _Value = float | _AnyArray
@@ -609,4 +618,173 @@ def assess(
         min_bandwidth_bps_energy=b_energy,
         binding_constraint=binding,
         limiting_constraint="time" if s_time <= s_energy else "energy",
+    )
+
+
+# --- jobs made of parts ------------------------------------------------------------------------------------
+
+
+def _movable_sizes_sorted(
+    part_bytes: npt.ArrayLike, pinned: npt.ArrayLike | None
+) -> tuple[IntArray, FloatArray]:
+    """Indices of the parts that may move, smallest state first (ties by index), and their sizes."""
+    sizes = np.asarray(part_bytes, dtype=np.float64).reshape(-1)
+    if sizes.size and not (np.all(np.isfinite(sizes)) and sizes.min() >= 0.0):
+        raise ValueError("part sizes must be finite numbers >= 0")
+    candidates = np.arange(sizes.size, dtype=np.int64)
+    if pinned is not None:
+        stay = np.asarray(pinned, dtype=np.bool_).reshape(-1)
+        if stay.shape != sizes.shape:
+            raise ValueError(f"pinned has {stay.size} entries for {sizes.size} parts")
+        candidates = candidates[~stay]
+    order = candidates[np.argsort(sizes[candidates], kind="stable")]
+    return order, sizes[order]
+
+
+@overload
+def movable_part_counts(
+    part_bytes: npt.ArrayLike,
+    bandwidth_bps: float,
+    window_s: float,
+    params: MigrationParams = ...,
+    *,
+    pinned: npt.ArrayLike | None = ...,
+) -> int: ...
+@overload
+def movable_part_counts(
+    part_bytes: npt.ArrayLike,
+    bandwidth_bps: _AnyArray,
+    window_s: _Value,
+    params: MigrationParams = ...,
+    *,
+    pinned: npt.ArrayLike | None = ...,
+) -> IntArray: ...
+@overload
+def movable_part_counts(
+    part_bytes: npt.ArrayLike,
+    bandwidth_bps: _Value,
+    window_s: _AnyArray,
+    params: MigrationParams = ...,
+    *,
+    pinned: npt.ArrayLike | None = ...,
+) -> IntArray: ...
+def movable_part_counts(
+    part_bytes: npt.ArrayLike,
+    bandwidth_bps: _Value,
+    window_s: _Value,
+    params: MigrationParams = _DEFAULT_PARAMS,
+    *,
+    pinned: npt.ArrayLike | None = None,
+) -> int | IntArray:
+    """Number of parts in the largest set that moves within ``alpha * T_w``, per (B, T_w) pair.
+
+    The set is the ``count`` smallest unpinned parts (see ``largest_movable_parts`` for why that is
+    optimal); bandwidths and windows broadcast against each other as in the rest of this module.
+
+    Args:
+        part_bytes: (P,) state of each part (bytes, >= 0).
+        bandwidth_bps: usable WAN bandwidth B (bit/s).
+        window_s: renewable window still ahead at the destination, T_w (s).
+        params: migration parameters (overheads, eta, alpha).
+        pinned: (P,) parts that must stay; none when None.
+
+    Returns:
+        The count (0 when not even the smallest part fits, or when the budget does not cover T_ckpt +
+        T_restore); an int for scalar B and T_w, else an array of their broadcast shape.
+
+    Raises:
+        ValueError: a negative or non-finite size, or a ``pinned`` of another length.
+    """
+    scalar = _is_scalar(bandwidth_bps, window_s)
+    _, sizes = _movable_sizes_sorted(part_bytes, pinned)
+    prefix_bytes = np.cumsum(sizes)  # the k smallest parts, k = 1..K
+    bandwidth = _f64(bandwidth_bps)[..., None]
+    window = _f64(window_s)[..., None]
+    fits = time_feasible(prefix_bytes, bandwidth, window, params)
+    # T_mig grows with the bytes, so the feasible prefixes are the leading ones; count them.
+    counts = np.cumprod(fits, axis=-1).sum(axis=-1).astype(np.int64)
+    if scalar:
+        return int(counts)
+    return np.asarray(counts, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class MovableParts:
+    """The largest set of a job's parts that may move together within ``alpha * T_w``.
+
+    Attributes:
+        indices: the parts in the set (indices into the job's parts), smallest state first.
+        size_bytes: their total state (bytes).
+        migration_time_s: T_mig of moving them together (s); 0 for an empty set.
+        budget_s: alpha * T_w (s).
+        movable_parts: how many parts were candidates (not pinned).
+    """
+
+    indices: tuple[int, ...]
+    size_bytes: float
+    migration_time_s: float
+    budget_s: float
+    movable_parts: int
+
+    @property
+    def count(self) -> int:
+        """Number of parts in the set."""
+        return len(self.indices)
+
+    @property
+    def all_movable(self) -> bool:
+        """Whether every unpinned part is in the set."""
+        return self.count == self.movable_parts
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict of every field and the count."""
+        return {**asdict(self), "indices": list(self.indices), "count": self.count}
+
+
+def largest_movable_parts(
+    part_bytes: npt.ArrayLike,
+    bandwidth_bps: float,
+    window_s: float,
+    params: MigrationParams = _DEFAULT_PARAMS,
+    *,
+    pinned: npt.ArrayLike | None = None,
+) -> MovableParts:
+    """The largest set of parts that moves over one link within ``alpha * T_w``.
+
+    The parts of the set are checkpointed, shipped and restored together, so the set takes
+    ``migration_time_s(sum of their states)`` and passes when ``time_feasible`` holds for that sum.
+    *Largest* means: the most parts (every data-parallel worker adds the same throughput), ties broken by
+    the fewest bytes (the shortest move), then by the lowest indices.
+
+    That is a 0/1 knapsack with unit values, and taking parts smallest first solves it exactly: if a
+    feasible set X has k parts, its i-th smallest part is at least the i-th smallest part overall, so the
+    k smallest parts total no more bytes than X and pass the check too (T_mig grows with the bytes). The
+    longest feasible prefix of the sorted sizes therefore has the most parts, and among sets of that many
+    parts it has the fewest bytes. O(P log P).
+
+    Args:
+        part_bytes: (P,) state of each part (bytes, >= 0).
+        bandwidth_bps: usable WAN bandwidth B (bit/s).
+        window_s: renewable window still ahead at the destination, T_w (s).
+        params: migration parameters (overheads, eta, alpha).
+        pinned: (P,) parts that must stay; none when None.
+
+    Returns:
+        The set (possibly empty).
+
+    Raises:
+        ValueError: a negative or non-finite size, bandwidth or window, or a ``pinned`` of another length.
+    """
+    for name, value in (("bandwidth_bps", bandwidth_bps), ("window_s", window_s)):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    order, sizes = _movable_sizes_sorted(part_bytes, pinned)
+    count = movable_part_counts(sizes, bandwidth_bps, window_s, params)
+    size = float(sizes[:count].sum())
+    return MovableParts(
+        indices=tuple(int(i) for i in order[:count]),
+        size_bytes=size,
+        migration_time_s=migration_time_s(size, bandwidth_bps, params) if count else 0.0,
+        budget_s=time_budget_s(window_s, params),
+        movable_parts=int(order.size),
     )
