@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from greenferry.core.forecast import FORECAST_KINDS
 from greenferry.errors import ConfigError
-from greenferry.sim.runner import ORACLE, compare
+from greenferry.sim.runner import ORACLE, compare, default_policy_names
 from greenferry.sim.scenario import load_scenario
 
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--policies names no policy")
     if args.seeds < 1 or args.seeds > 1000:
         raise ConfigError(f"--seeds must be between 1 and 1000, got {args.seeds}")
-    n_tasks = args.seeds * (len(policies) if policies else 7)
+    n_tasks = args.seeds * len(policies or default_policy_names(spec))
     if policies is not None and ORACLE not in policies:
         n_tasks += args.seeds  # the oracle bound is computed for ratio_to_oracle anyway
     console = Console(stderr=True)

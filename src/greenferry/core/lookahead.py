@@ -74,6 +74,7 @@ def plan_placement(
     start_s: float = 0.0,
     departure_allowed: npt.NDArray[np.bool_] | None = None,
     downtime_value: float = 1.0,
+    run_penalty_j: FloatArray | None = None,
 ) -> Plan:
     """Plan where one job runs over the forecast horizon.
 
@@ -88,6 +89,8 @@ def plan_placement(
         downtime_value: share of the job's power charged per second in flight. Progress lost in flight
             has to be made up later; at 1.0 it is assumed made up on grid power. Lower values let the
             plan use migrations as cheap pauses, which stretches the job (measured: see evaluation).
+        run_penalty_j: (S, H) extra cost of running at each site and epoch (J), e.g. the slowdown of a
+            data-parallel job whose parts would be spread over several sites; none when None.
 
     Returns:
         The minimum-cost plan.
@@ -95,6 +98,8 @@ def plan_placement(
     n_sites, horizon = headroom_w.shape
     uncovered = np.clip(1.0 - np.maximum(headroom_w, 0.0) / job_power_w, 0.0, 1.0)  # (S, H)
     run_cost = uncovered * job_power_w * epoch_s
+    if run_penalty_j is not None:
+        run_cost = run_cost + run_penalty_j
     downtime_rate_w = downtime_value * job_power_w
     max_m = int(costs.epochs.max()) if costs.allowed.any() else 0
     value = np.zeros((horizon + max_m + 1, n_sites))

@@ -10,20 +10,35 @@
   window and pay back its energy; stay while the current site stays covered over a dwell horizon;
   minimum dwell after a move; one transfer per link at a time.
 - ``lookahead``: greenferry's default; receding-horizon planning over the forecast (see core/lookahead).
+- ``feasibility-aware-partial``, ``lookahead-partial``: the same rules with ``partial=True``: a job made of
+  parts (data-parallel workers) that cannot move whole in time moves the largest subset of its parts the
+  feasibility model allows (``largest_movable_parts``); every other policy moves jobs whole or not at all.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
 
-from greenferry.core.feasibility import migration_energy_j, migration_time_s
+from greenferry.core.feasibility import (
+    largest_movable_parts,
+    migration_energy_j,
+    migration_time_s,
+    movable_part_counts,
+)
 from greenferry.core.forecast import ForecastSkill
 from greenferry.core.lookahead import STAY, MigrationCosts, Plan, migration_costs, plan_placement
-from greenferry.core.policy import ClusterView, Decision, JobView, covered_run_epochs, register_policy
+from greenferry.core.policy import (
+    Action,
+    ClusterView,
+    Decision,
+    JobView,
+    covered_run_epochs,
+    register_policy,
+)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -32,9 +47,11 @@ IntArray = npt.NDArray[np.int64]
 def _free_targets(
     view: ClusterView, job: JobView, free_slots: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.bool_]:
-    """Sites the job could move to now: another site, linked, with a free GPU slot."""
-    ok = (view.bandwidth_bps[job.site] > 0) & (free_slots > 0)
+    """Sites the job could move to now (whole): another site, linked, with the GPU slots it needs."""
+    ok = (view.bandwidth_bps[job.site] > 0) & (free_slots >= job.slots)
     ok[job.site] = False
+    if not job.moves_whole:
+        ok[:] = False
     return np.asarray(ok, dtype=np.bool_)
 
 
@@ -106,7 +123,7 @@ class EnergyGreedy:
                 better = better and headroom[dst] >= job.power_w
             if better:
                 out[job.job_id] = Decision.migrate(dst)
-                free[dst] -= 1
+                free[dst] -= job.slots
         return out
 
 
@@ -117,11 +134,20 @@ class FeasibilityAware:
     Args:
         min_dwell_s: no move within this long after the last one landed (hysteresis).
         dwell_horizon_s: stay if the current site's forecast covers the job this long.
+        partial: a job made of parts decides per group of co-located parts, and a group that cannot
+            move whole in time offers the largest subset of its parts that can (see ``_part_groups``);
+            the split's slowdown is priced into the gain, and a group left uncovered away from the rest
+            of its job goes back to it.
     """
 
     min_dwell_s: float = 3600.0
     dwell_horizon_s: float = 3600.0
+    partial: bool = False
     name: str = "feasibility-aware"
+
+    def __post_init__(self) -> None:
+        if self.partial and self.name == "feasibility-aware":
+            self.name = "feasibility-aware-partial"
 
     @staticmethod
     def _covered_here(view: ClusterView, job: JobView, dwell_epochs: int) -> bool:
@@ -134,11 +160,46 @@ class FeasibilityAware:
 
     def decide(self, now_s: float, view: ClusterView) -> dict[int, Decision]:
         """Move a job only to a site whose forecast window passes the time and energy checks."""
+        if not (self.partial and any(job.parts is not None for job in view.jobs)):
+            return self._decide_jobs(view, view.jobs, {})
+        jobs, groups = _expand_parts(view)
+        split_cost_w = {gid: group.split_cost_w for gid, group in groups.items()}
+        decided = self._decide_jobs(view, jobs, split_cost_w)
+        out = _collect_group_decisions(view, decided, groups)
+        for job in view.jobs:
+            if job.parts is not None and out[job.job_id].action is not Action.MIGRATE:
+                rejoin = self._rejoin(view, job, [g for g in groups.values() if g.job is job])
+                if rejoin is not None:
+                    out[job.job_id] = rejoin
+        return out
+
+    def _rejoin(self, view: ClusterView, job: JobView, groups: list[_PartGroup]) -> Decision | None:
+        """Send a group that sits uncovered away from the rest of its job back to it."""
+        if job.since_migration_s < self.min_dwell_s:
+            return None
+        for group in groups:
+            here, dst = group.pseudo.site, group.rejoin_site
+            if dst < 0 or group.has_pinned:
+                continue
+            uncovered = view.headroom_w(group.pseudo)[here] < group.pseudo.power_w
+            linked = view.bandwidth_bps[here, dst] > 0 and not view.link_busy[here, dst]
+            if uncovered and linked and view.free_slots[dst] >= len(group.group_parts):
+                return Decision.migrate(dst, group.group_parts)
+        return None
+
+    def _decide_jobs(
+        self, view: ClusterView, jobs: list[JobView], split_cost_w: dict[int, FloatArray]
+    ) -> dict[int, Decision]:
+        """The rule for each of ``jobs`` (one-part jobs, or groups of parts standing in for their job).
+
+        ``split_cost_w[job_id]`` (S,): the slowdown, valued at the job's power, of having the job's parts
+        spread the way a move to each site leaves them; it is charged over the destination's window.
+        """
         out: dict[int, Decision] = {}
         busy = view.link_busy.copy()
         free = view.free_slots.copy()
         dwell_epochs = max(1, math.ceil(self.dwell_horizon_s / view.epoch_s - 1e-9))
-        for job in view.jobs:
+        for job in jobs:
             out[job.job_id] = Decision.run()
             if job.since_migration_s < self.min_dwell_s:
                 continue
@@ -159,14 +220,163 @@ class FeasibilityAware:
             t_mig = np.asarray(migration_time_s(job.checkpoint_bytes, bw, p), dtype=np.float64)
             e_mig = np.asarray(migration_energy_j(job.checkpoint_bytes, bw, p), dtype=np.float64)
             gain_j = job.power_w * (window_s - t_mig) - e_mig
+            split_w = split_cost_w.get(job.job_id)
+            if split_w is not None:
+                gain_j = gain_j - (split_w - split_w[here]) * window_s
             ok = targets & (t_mig <= p.alpha * window_s) & (gain_j > 0)
             ok &= gain_j > job.power_w * window_s[here]
             if ok.any():
                 dst = int(np.argmax(np.where(ok, gain_j, -np.inf)))
                 out[job.job_id] = Decision.migrate(dst)
                 busy[here, dst] = busy[dst, here] = True
-                free[dst] -= 1
+                free[dst] -= job.slots
         return out
+
+
+# --- jobs made of parts: groups of co-located parts stand in for their job ------------------------------
+
+
+@dataclass(frozen=True)
+class _PartGroup:
+    """The parts of one job at one site, offered to a policy as a one-part job (``pseudo``).
+
+    ``moving``: the parts a move of the pseudo-job takes (the whole group, or the largest subset of its
+    unpinned parts that can reach some destination's window in time); ``group_parts``: every unpinned
+    part of the group; ``rejoin_site``: the one site where all the job's other parts are (-1 if none or
+    several); ``split_cost_w`` (S,): the job's slowdown, valued at its power, if ``moving`` sat at each site.
+    """
+
+    job: JobView
+    pseudo: JobView
+    moving: tuple[int, ...]
+    group_parts: tuple[int, ...]
+    has_pinned: bool
+    rejoin_site: int
+    split_cost_w: FloatArray
+
+
+def _pseudo_id(job_id: int, site: int) -> int:
+    """A negative id for the group of ``job_id``'s parts at ``site``, stable across epochs."""
+    return -1 - (job_id * 65_536 + site)
+
+
+def _largest_subset(view: ClusterView, job: JobView, here: int, movable: IntArray) -> IntArray:
+    """The largest subset of ``movable`` parts at ``here`` that fits in ``alpha`` of some site's window.
+
+    A site's window for ``k`` parts is the run of epochs, from now, whose forecast headroom (measured
+    now, for epoch 0) covers ``k`` parts; for every site and ``k`` the feasibility model gives how many
+    parts fit in that window's budget, and ``k`` parts can go if at least ``k`` fit. Empty when none can.
+    """
+    parts = job.parts
+    assert parts is not None
+    n_movable = int(movable.size)
+    sizes = parts.state_bytes[movable]
+    headroom = view.forecast_surplus_w - view.site_load_w[:, None]
+    needed_w = parts.part_power_w * np.arange(1, n_movable + 1, dtype=np.float64)
+    covered = headroom[None, :, :] >= needed_w[:, None, None]
+    covered[:, :, 0] &= (view.surplus_w - view.site_load_w)[None, :] >= needed_w[:, None]
+    n_sites, horizon = headroom.shape
+    run_epochs = covered_run_epochs(covered.reshape(n_movable * n_sites, horizon))
+    window_s = run_epochs.reshape(n_movable, n_sites) * view.epoch_s  # (k, S)
+    linked = view.bandwidth_bps[here] > 0
+    linked[here] = False
+    bandwidth = np.where(linked, view.bandwidth_bps[here], 0.0)
+    fits = movable_part_counts(sizes, bandwidth[None, :], window_s, job.params)  # (k, S)
+    can_go = (fits >= np.arange(1, n_movable + 1)[:, None]) & linked[None, :]
+    best_per_site = np.cumprod(can_go, axis=0).sum(axis=0)
+    best = int(best_per_site.max()) if best_per_site.size else 0
+    if best == 0:
+        return np.zeros(0, dtype=np.int64)
+    dst = int(np.argmax(best_per_site))
+    chosen = largest_movable_parts(sizes, float(bandwidth[dst]), float(window_s[best - 1, dst]), job.params)
+    return movable[np.array(chosen.indices[:best], dtype=np.int64)]
+
+
+def _part_groups(view: ClusterView, job: JobView) -> list[_PartGroup]:
+    """The job's groups of co-located parts, largest first; groups with nothing to move are left out."""
+    parts = job.parts
+    assert parts is not None
+    job_w = parts.n_parts * parts.part_power_w
+    split_rate_w = (1.0 - parts.cross_site_efficiency) * job_w
+    sites, counts = np.unique(parts.site, return_counts=True)
+    out = []
+    for site in sites[np.argsort(-counts, kind="stable")].tolist():
+        in_group = parts.site == site
+        movable = np.flatnonzero(in_group & ~parts.pinned)
+        if movable.size == 0:
+            continue
+        has_pinned = bool((in_group & parts.pinned).any())
+        moving = _largest_subset(view, job, site, movable)
+        if moving.size == 0 and not has_pinned:
+            moving = movable  # nothing fits in time anywhere: offer the group whole (lookahead may move it)
+        if moving.size == 0:
+            continue
+        power_w = moving.size * parts.part_power_w
+        pseudo = JobView(
+            _pseudo_id(job.job_id, site),
+            site,
+            job.running,
+            power_w,
+            float(parts.state_bytes[moving].sum()),
+            job.remaining_work_s,
+            job.since_migration_s,
+            job.params.model_copy(update={"job_power_w": power_w}),
+            None,
+            int(moving.size),
+        )
+        staying = np.ones(parts.n_parts, dtype=np.bool_)
+        staying[moving] = False
+        other_sites = np.unique(parts.site[staying])
+        spread_after = np.full(view.n_sites, other_sites.size + 1)
+        spread_after[other_sites] = other_sites.size
+        elsewhere = np.unique(parts.site[~in_group])
+        out.append(
+            _PartGroup(
+                job,
+                pseudo,
+                tuple(moving.tolist()),
+                tuple(movable.tolist()),
+                has_pinned,
+                int(elsewhere[0]) if elsewhere.size == 1 else -1,
+                np.where(spread_after > 1, split_rate_w, 0.0),
+            )
+        )
+    return out
+
+
+def _expand_parts(view: ClusterView) -> tuple[list[JobView], dict[int, _PartGroup]]:
+    """``view.jobs`` with every job made of parts replaced by its groups' pseudo-jobs."""
+    jobs: list[JobView] = []
+    groups: dict[int, _PartGroup] = {}
+    for job in view.jobs:
+        if job.parts is None:
+            jobs.append(job)
+            continue
+        for group in _part_groups(view, job):
+            jobs.append(group.pseudo)
+            groups[group.pseudo.job_id] = group
+    return jobs, groups
+
+
+def _collect_group_decisions(
+    view: ClusterView, decided: dict[int, Decision], groups: dict[int, _PartGroup]
+) -> dict[int, Decision]:
+    """Decisions per real job: one-part jobs as decided; a job made of parts runs, or makes the move of
+    its first (largest) group that moves."""
+    out: dict[int, Decision] = {}
+    for job in view.jobs:
+        if job.parts is None:
+            out[job.job_id] = decided.get(job.job_id, Decision.run())
+        else:
+            out[job.job_id] = Decision.run()
+    for gid, group in groups.items():
+        decision = decided.get(gid)
+        job_id = group.job.job_id
+        if decision is None or decision.action is not Action.MIGRATE:
+            continue
+        if out[job_id].action is not Action.MIGRATE:
+            out[job_id] = Decision.migrate(decision.dst_site, group.moving)
+    return out
 
 
 @dataclass
@@ -176,6 +386,7 @@ class _JobPlan:
     costs: MigrationCosts
     assumed_cover: npt.NDArray[np.bool_]  # (H,) whether the plan expected its site covered per epoch
     expected_w: FloatArray  # (S, H) headroom the plan expected, clipped to [0, job power]
+    checkpoint_bytes: float = 0.0  # what ``costs`` were computed for (a group of parts may change)
 
 
 @dataclass
@@ -196,6 +407,10 @@ class Lookahead:
             horizon (0: trust the forecast as given).
         surprise_fraction: share of the job's power by which a site's measured headroom may differ from
             the plan's expectation before the plan is remade.
+        partial: a job made of parts is planned per group of co-located parts, each as a job of its own;
+            a group that cannot move whole within ``alpha`` of any forecast window is planned as the
+            largest subset of its parts that can (see ``_part_groups``), and every plan is charged the
+            job's slowdown while its parts are spread over several sites.
     """
 
     horizon_s: float = 86_400.0
@@ -204,9 +419,15 @@ class Lookahead:
     error_decay_s: float = 1800.0
     surprise_fraction: float = 0.25
     skill_aware: bool = True
+    partial: bool = False
     name: str = "lookahead"
     _plans: dict[int, _JobPlan] = field(default_factory=dict, repr=False)
     _skill: ForecastSkill = field(default_factory=ForecastSkill, repr=False)
+    _split_cost_w: dict[int, FloatArray] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.partial and self.name == "lookahead":
+            self.name = "lookahead-partial"
 
     def _needs_replan(self, now_s: float, job: JobView, view: ClusterView, entry: _JobPlan | None) -> bool:
         if entry is None or now_s - entry.made_s >= self.replan_interval_s - 1e-6:
@@ -294,17 +515,28 @@ class Lookahead:
         headroom = self._trusted_forecast_w(view, job)[:, :h] - reserved[:, :h]
         headroom[:, 0] = view.headroom_w(job)
         cached = self._plans.get(job.job_id)
-        costs = cached.costs if cached is not None else None
+        same_bytes = cached is not None and cached.checkpoint_bytes == job.checkpoint_bytes
+        costs = cached.costs if cached is not None and same_bytes else None
         if costs is None:
-            costs = migration_costs(job.checkpoint_bytes, view.bandwidth_bps, job.params, view.epoch_s)
+            bandwidth = view.bandwidth_bps if job.moves_whole else np.zeros_like(view.bandwidth_bps)
+            costs = migration_costs(job.checkpoint_bytes, bandwidth, job.params, view.epoch_s)
+        split_w = self._split_cost_w.get(job.job_id)
         plan = plan_placement(
-            job.site, job.power_w, headroom, costs, view.epoch_s, start_s=now_s, departure_allowed=busy_from
+            job.site,
+            job.power_w,
+            headroom,
+            costs,
+            view.epoch_s,
+            start_s=now_s,
+            departure_allowed=busy_from,
+            run_penalty_j=None if split_w is None else np.repeat(split_w[:, None] * view.epoch_s, h, axis=1),
         )
         on_site = plan.sites >= 0
         assumed = np.zeros(plan.sites.size, dtype=np.bool_)
         epochs = np.flatnonzero(on_site)
         assumed[epochs] = headroom[plan.sites[epochs], epochs] >= job.power_w
-        entry = _JobPlan(plan, now_s, costs, assumed, np.clip(headroom, 0.0, job.power_w))
+        expected_w = np.clip(headroom, 0.0, job.power_w)
+        entry = _JobPlan(plan, now_s, costs, assumed, expected_w, job.checkpoint_bytes)
         self._plans[job.job_id] = entry
         self._reserve(reserved, now_s, job, view, 1.0)
         return entry
@@ -325,6 +557,15 @@ class Lookahead:
 
     def decide(self, now_s: float, view: ClusterView) -> dict[int, Decision]:
         """Follow (or refresh) each job's plan; at most one departure per link per epoch."""
+        if not (self.partial and any(job.parts is not None for job in view.jobs)):
+            return self._decide_jobs(now_s, view)
+        jobs, groups = _expand_parts(view)
+        self._split_cost_w = {gid: group.split_cost_w for gid, group in groups.items()}
+        decided = self._decide_jobs(now_s, replace(view, jobs=jobs))
+        self._split_cost_w = {}
+        return _collect_group_decisions(view, decided, groups)
+
+    def _decide_jobs(self, now_s: float, view: ClusterView) -> dict[int, Decision]:
         out: dict[int, Decision] = {}
         busy = view.link_busy.copy()
         free = view.free_slots.copy()
@@ -342,16 +583,16 @@ class Lookahead:
             if entry is None or self._needs_replan(now_s, job, view, entry):
                 if reserved is None:
                     reserved = self._reservations(now_s, view)
-                targets_ok = ~busy[job.site] & (free > 0) & (view.bandwidth_bps[job.site] > 0)
+                targets_ok = ~busy[job.site] & (free >= job.slots) & (view.bandwidth_bps[job.site] > 0)
                 targets_ok[job.site] = False
                 departure_allowed = np.zeros(view.n_sites, dtype=np.bool_)
-                departure_allowed[job.site] = targets_ok.any()
+                departure_allowed[job.site] = targets_ok.any() and job.moves_whole
                 entry = self._replan(now_s, job, view, departure_allowed, reserved)
             k = entry.plan.epoch_index(now_s)
             dst = int(entry.plan.moves[k]) if 0 <= k < entry.plan.moves.size else STAY
             if dst == STAY or job.since_migration_s < self.min_dwell_s:
                 continue
-            if busy[job.site, dst] or free[dst] <= 0:
+            if busy[job.site, dst] or free[dst] < job.slots:
                 # The plan is not executable now: the job stays, and re-plans next epoch.
                 if reserved is not None:
                     self._reserve(reserved, now_s, job, view, -1.0)
@@ -361,7 +602,7 @@ class Lookahead:
                 continue
             out[job.job_id] = Decision.migrate(dst)
             busy[job.site, dst] = busy[dst, job.site] = True
-            free[dst] -= 1
+            free[dst] -= job.slots
         return out
 
 
@@ -371,6 +612,8 @@ register_policy("energy-greedy", EnergyGreedy)
 register_policy("energy-greedy-uncovered", lambda: EnergyGreedy(only_when_uncovered=True))
 register_policy("feasibility-aware", FeasibilityAware)
 register_policy("lookahead", Lookahead)
+register_policy("feasibility-aware-partial", lambda: FeasibilityAware(partial=True))
+register_policy("lookahead-partial", lambda: Lookahead(partial=True))
 
 ONLINE_POLICIES: tuple[str, ...] = (
     "static",
@@ -380,3 +623,6 @@ ONLINE_POLICIES: tuple[str, ...] = (
     "feasibility-aware",
     "lookahead",
 )
+# Variants that move part of a job made of parts; they add rows only where jobs have parts (runs of
+# jobs without parts are the same as their all-or-nothing versions').
+PARTIAL_POLICIES: tuple[str, ...] = ("feasibility-aware-partial", "lookahead-partial")

@@ -31,10 +31,15 @@ class Action(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """A policy's answer for one job."""
+    """A policy's answer for one job.
+
+    ``parts`` (migrations only): the indices of the parts to move (all at one site, none pinned); None
+    moves the whole job, which needs every part at one site and none pinned.
+    """
 
     action: Action
     dst_site: int = -1
+    parts: tuple[int, ...] | None = None
 
     @staticmethod
     def run() -> Decision:
@@ -47,18 +52,48 @@ class Decision:
         return _PAUSE
 
     @staticmethod
-    def migrate(dst_site: int) -> Decision:
-        """Move the job to site index ``dst_site``."""
-        return Decision(Action.MIGRATE, dst_site)
+    def migrate(dst_site: int, parts: tuple[int, ...] | None = None) -> Decision:
+        """Move the job (or only its ``parts``) to site index ``dst_site``."""
+        return Decision(Action.MIGRATE, dst_site, parts)
 
 
 _RUN = Decision(Action.RUN)
 _PAUSE = Decision(Action.PAUSE)
 
 
+@dataclass(frozen=True, slots=True)
+class PartsView:
+    """The parts (data-parallel workers) of a job, as a policy sees them; every array is (P,).
+
+    Every part runs at the same rate and power; a job whose parts run on more than one site progresses at
+    ``cross_site_efficiency`` of the sum of their rates (synchronisation over the WAN). A job with parts in
+    flight is not asked, so every part has a site.
+    """
+
+    state_bytes: FloatArray  # checkpoint state of each part (bytes)
+    pinned: npt.NDArray[np.bool_]  # parts that never leave the job's home site
+    site: IntArray  # where each part is
+    part_power_w: float  # power of one running part, host share included
+    cross_site_efficiency: float  # in (0, 1]
+
+    @property
+    def n_parts(self) -> int:
+        """Number of parts."""
+        return int(self.state_bytes.size)
+
+    @property
+    def co_located(self) -> bool:
+        """Whether every part is at one site."""
+        return bool(np.all(self.site == self.site[0]))
+
+
 @dataclass(slots=True)
 class JobView:
-    """One job as a policy sees it. Powers include the job's share of host power."""
+    """One job as a policy sees it. Powers include the job's share of host power.
+
+    A job made of parts (``parts`` set) is seen whole: ``site`` hosts most of its parts, ``power_w`` is
+    that of every part, ``checkpoint_bytes`` their total state and ``slots`` their number.
+    """
 
     job_id: int
     site: int  # index of the hosting site
@@ -68,6 +103,14 @@ class JobView:
     remaining_work_s: float  # compute time still needed at full speed
     since_migration_s: float  # time since its last migration landed (inf if never moved)
     params: MigrationParams  # migration parameters with this job's power
+    parts: PartsView | None = None  # None: one movable part, the whole job
+    slots: int = 1  # GPU slots a move of the whole job needs at the destination
+
+    @property
+    def moves_whole(self) -> bool:
+        """Whether a move of the whole job is possible: one part, or co-located parts none of them pinned."""
+        parts = self.parts
+        return parts is None or (parts.co_located and not bool(parts.pinned.any()))
 
 
 @dataclass

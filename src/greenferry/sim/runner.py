@@ -9,6 +9,10 @@ the coupled problem (core/coupled_bound.py), also a valid lower bound and much t
 minutes per seed on a year of global-8. The denominator is reported as ``oracle_bound_kwh``. The
 ``oracle`` row itself is the optimal plan for finishing every job at most ``oracle_slack`` after it
 would finish running non-stop, each job alone, replayed through the same engine.
+
+A data-parallel job (made of parts) is solved by the oracle as one unit, every part together: the oracle
+is then the best all-or-nothing plan, which a policy that moves part of a job may beat (a ratio below 1).
+The coupled bound counts one GPU slot per job, so it refuses such jobs.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from greenferry.core.coupled_bound import BoundJob, CoupledProblem, coupled_lowe
 from greenferry.core.forecast import ForecastKind, make_forecaster
 from greenferry.core.lookahead import MigrationCosts
 from greenferry.core.oracle import IN_FLIGHT, MIGRATE, PAUSE, JobProblem, OracleSolution, solve
-from greenferry.core.policies import ONLINE_POLICIES
+from greenferry.core.policies import ONLINE_POLICIES, PARTIAL_POLICIES
 from greenferry.core.policy import ClusterView, Decision, make_policy, policy_names
 from greenferry.core.units import parse_duration_s
 from greenferry.errors import ConfigError
@@ -43,6 +47,13 @@ Progress = Callable[[str], None]
 def all_policy_names() -> list[str]:
     """Online policies plus the oracle, in report order."""
     return [*policy_names(), ORACLE]
+
+
+def default_policy_names(spec: ScenarioSpec) -> list[str]:
+    """What ``compare`` runs when no policy is named: every policy, but the partial-move variants only
+    where the scenario has data-parallel jobs (elsewhere their runs are their all-or-nothing versions')."""
+    with_parts = spec.jobs.parts is not None
+    return [name for name in all_policy_names() if with_parts or name not in PARTIAL_POLICIES]
 
 
 def job_problem(world: World, job: JobModel, n_steps: int) -> JobProblem:
@@ -249,7 +260,7 @@ def compare(
     """
     from pathlib import Path
 
-    names = list(policies) if policies else all_policy_names()
+    names = list(policies) if policies else default_policy_names(spec)
     known = all_policy_names()
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -258,6 +269,10 @@ def compare(
         )
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    if coupled_bound and spec.jobs.parts is not None and not spec.jobs.isolated:
+        raise ConfigError(
+            "--coupled-bound counts one GPU slot per job and cannot bound jobs made of parts (jobs.parts)"
+        )
     kind = forecast or spec.forecast.type
     runs: dict[str, list[RunResult]] = {name: [] for name in names}
     windows: dict[str, FloatArray] = {}
@@ -289,5 +304,6 @@ def compare(
         summary=summary,
         window_lengths_s=windows,
         forecast=kind,
-        extra=extra | {"online_policies": [n for n in names if n in ONLINE_POLICIES]},
+        extra=extra
+        | {"online_policies": [n for n in names if n in ONLINE_POLICIES or n in PARTIAL_POLICIES]},
     )

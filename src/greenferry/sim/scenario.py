@@ -29,11 +29,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from greenferry.core.feasibility import MigrationParams
 from greenferry.core.forecast import ForecastKind
+from greenferry.core.jobs import MAX_JOB_PARTS
 from greenferry.core.units import parse_bandwidth_bps, parse_duration_s, parse_size_bytes
 from greenferry.errors import ConfigError
 from greenferry.hardware_profiles import get_profile
 from greenferry.sim import renewables, traces
-from greenferry.sim.engine import JobModel, SiteModel, World
+from greenferry.sim.engine import JobModel, PartsModel, SiteModel, World
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -213,6 +214,53 @@ def link_bandwidth_bps(text: str) -> float:
     return parse_bandwidth_bps(text)
 
 
+class JobPartsSpec(_Strict):
+    """Data-parallel jobs in the mix: ``share`` of the jobs are made of parts, one worker (GPU) each.
+
+    A data-parallel job has ``workers`` parts (drawn uniformly, both ends included), each with its own
+    state drawn log-uniformly in ``worker_checkpoint``; its first ``pinned`` parts never leave its home
+    site. Its ``work`` is the running time with every part on one site, each part draws the profile's
+    power, and while its running parts are on more than one site the job progresses at
+    ``cross_site_efficiency`` of their summed rate. The draws use a stream of their own, so the rest of
+    the mix (arrivals, work, profiles, homes) is the same as without ``[jobs.parts]``.
+    """
+
+    share: float = Field(default=1.0, ge=0, le=1)
+    workers: tuple[int, int] = (2, 4)
+    worker_checkpoint: tuple[str, str] = ("20GB", "80GB")
+    pinned: int = Field(default=0, ge=0, le=MAX_JOB_PARTS)
+    cross_site_efficiency: float = Field(default=0.8, gt=0, le=1)
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: tuple[int, int]) -> tuple[int, int]:
+        low, high = v
+        if low < 1:
+            raise ValueError(f"a job needs at least one worker, got {low}")
+        if high < low:
+            raise ValueError(f"the range is reversed: {low} > {high}")
+        if high > MAX_JOB_PARTS:
+            raise ValueError(f"at most {MAX_JOB_PARTS} workers per job, got {high}")
+        return v
+
+    @field_validator("worker_checkpoint")
+    @classmethod
+    def _sizes(cls, v: tuple[str, str]) -> tuple[str, str]:
+        low, high = (parse_size_bytes(x) for x in v)
+        if not 0 < low <= high:
+            raise ValueError(f"expected two sizes 0 < low <= high, got {v[0]!r} and {v[1]!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _something_moves(self) -> JobPartsSpec:
+        if self.pinned >= self.workers[0]:
+            raise ValueError(
+                f"pinned = {self.pinned} pins every worker of a job with {self.workers[0]} workers: "
+                "nothing could move"
+            )
+        return self
+
+
 class JobsSpec(_Strict):
     """The job mix, drawn from the seed: arrivals every ``spacing`` with jitter, work and sizes in ranges."""
 
@@ -225,6 +273,7 @@ class JobsSpec(_Strict):
     profiles: list[str] = Field(default_factory=lambda: ["a100-80gb"], min_length=1)
     home: Literal["random"] | list[str] = "random"
     isolated: bool = False  # each job has the sites to itself: the paper's single-job setting
+    parts: JobPartsSpec | None = None  # data-parallel jobs made of parts; none when absent
 
 
 class ForecastSpec(_Strict):
@@ -271,6 +320,14 @@ class ScenarioSpec(_Strict):
             for home in self.jobs.home:
                 if home not in names:
                     raise ValueError(f"jobs.home names unknown site {home!r}; sites: {names}")
+        if self.jobs.parts is not None and not self.jobs.isolated:
+            homes = names if self.jobs.home == "random" else self.jobs.home
+            fewest = min(site.gpu_slots for site in self.sites if site.name in homes)
+            if self.jobs.parts.workers[1] > fewest:
+                raise ValueError(
+                    f"jobs.parts.workers: a job of {self.jobs.parts.workers[1]} workers needs as many GPU "
+                    f"slots at its home site, and a home site has only {fewest}"
+                )
         step = parse_duration_s(self.step)
         interval = parse_duration_s(self.decision_interval)
         if step <= 0 or interval < step or abs(interval / step - round(interval / step)) > 1e-9:
@@ -467,6 +524,7 @@ def _jobs(spec: ScenarioSpec, seed: int, step_s: float, n_steps: int, n_sites: i
     first = parse_duration_s(cfg.first_arrival)
     work_lo, work_hi = (parse_duration_s(x) for x in cfg.work)
     size_lo, size_hi = (math.log(parse_size_bytes(x)) for x in cfg.checkpoint)
+    parts_rng = np.random.default_rng([seed, 1])  # a stream of its own: the rest of the mix is unchanged
     jobs = []
     for i in range(cfg.count):
         arrival = first + i * spacing + rng.uniform(0, spacing)
@@ -475,18 +533,40 @@ def _jobs(spec: ScenarioSpec, seed: int, step_s: float, n_steps: int, n_sites: i
             int(rng.integers(n_sites)) if cfg.home == "random" else names.index(cfg.home[i % len(cfg.home)])
         )
         work_s = rng.uniform(work_lo, work_hi)
+        power_w = profile.train_power_w + profile.host_power_w
+        checkpoint_bytes = float(math.exp(rng.uniform(size_lo, size_hi)))
+        parts = None if cfg.parts is None else _draw_parts(cfg.parts, parts_rng)
+        if parts is not None:
+            power_w *= parts.n_parts
+            checkpoint_bytes = float(sum(parts.state_bytes))
         jobs.append(
             JobModel(
                 job_id=i,
                 arrival_step=min(n_steps - 1, int(arrival // step_s)),
                 work_steps=max(1, math.ceil(work_s / step_s)),
-                power_w=profile.train_power_w + profile.host_power_w,
-                checkpoint_bytes=float(math.exp(rng.uniform(size_lo, size_hi))),
+                power_w=power_w,
+                checkpoint_bytes=checkpoint_bytes,
                 home_site=home,
                 profile=profile.name,
+                parts=parts,
             )
         )
     return tuple(jobs)
+
+
+def _draw_parts(cfg: JobPartsSpec, rng: np.random.Generator) -> PartsModel | None:
+    """One job's parts, or None when the draw makes it a one-part job (``share``)."""
+    data_parallel = rng.random() < cfg.share
+    n_parts = int(rng.integers(cfg.workers[0], cfg.workers[1] + 1))
+    size_lo, size_hi = (math.log(parse_size_bytes(x)) for x in cfg.worker_checkpoint)
+    sizes = np.exp(rng.uniform(size_lo, size_hi, size=n_parts))
+    if not data_parallel:
+        return None
+    return PartsModel(
+        state_bytes=tuple(float(x) for x in sizes),
+        pinned=tuple(k < cfg.pinned for k in range(n_parts)),
+        cross_site_efficiency=cfg.cross_site_efficiency,
+    )
 
 
 @dataclass(frozen=True)
