@@ -110,6 +110,17 @@ def test_partial_moves_beat_all_or_nothing_on_a_constructed_trace(
     assert first.dst_site == "s1"
 
 
+def test_lookahead_partial_still_moves_a_job_whole_ahead_of_a_window() -> None:
+    # Nothing pinned: lookahead's planner sends the whole job ahead of the window (alpha does not bind
+    # it), and its partial version keeps that plan rather than splitting the job.
+    world = window_world()
+    whole, _ = run(world, make_policy("lookahead"))
+    partial, _ = run(world, make_policy("lookahead-partial"))
+    assert [m.checkpoint_bytes for m in whole.migrations] == [pytest.approx(160 * GB)]
+    assert [m.checkpoint_bytes for m in partial.migrations] == [pytest.approx(160 * GB)]
+    assert partial.metrics["nonrenewable_kwh"] == pytest.approx(whole.metrics["nonrenewable_kwh"])
+
+
 def test_all_or_nothing_is_the_default_and_moves_a_job_that_fits_whole() -> None:
     surplus = np.zeros((2, 100))
     surplus[1, 6:90] = 2000.0  # a 7 h window: 160 GB fits (1482 s <= 2520 s)

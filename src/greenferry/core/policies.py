@@ -253,6 +253,12 @@ class _PartGroup:
     has_pinned: bool
     rejoin_site: int
     split_cost_w: FloatArray
+    subset: tuple[int, ...] = ()  # with ``whole_first``: the largest subset that fits in time, if smaller
+
+
+def _site_of(view: ClusterView, job_id: int) -> int:
+    """The site of the job ``job_id`` in ``view``."""
+    return next(job.site for job in view.jobs if job.job_id == job_id)
 
 
 def _pseudo_id(job_id: int, site: int) -> int:
@@ -292,59 +298,82 @@ def _largest_subset(view: ClusterView, job: JobView, here: int, movable: IntArra
     return movable[np.array(chosen.indices[:best], dtype=np.int64)]
 
 
-def _part_groups(view: ClusterView, job: JobView) -> list[_PartGroup]:
-    """The job's groups of co-located parts, largest first; groups with nothing to move are left out."""
+def _part_groups(view: ClusterView, job: JobView, *, whole_first: bool = False) -> list[_PartGroup]:
+    """The job's groups of co-located parts, largest first; groups with nothing to move are left out.
+
+    A group is offered as the largest subset that fits in time when it cannot move whole in time, or
+    when it holds a pinned part; with ``whole_first`` a group without pinned parts is offered whole
+    regardless, and the subset is kept in ``subset`` for a second look (lookahead plans whole moves
+    ahead of windows, where ``alpha`` does not bind it).
+    """
     parts = job.parts
     assert parts is not None
-    job_w = parts.n_parts * parts.part_power_w
-    split_rate_w = (1.0 - parts.cross_site_efficiency) * job_w
     sites, counts = np.unique(parts.site, return_counts=True)
     out = []
     for site in sites[np.argsort(-counts, kind="stable")].tolist():
-        in_group = parts.site == site
-        movable = np.flatnonzero(in_group & ~parts.pinned)
+        movable = np.flatnonzero((parts.site == site) & ~parts.pinned)
         if movable.size == 0:
             continue
-        has_pinned = bool((in_group & parts.pinned).any())
-        moving = _largest_subset(view, job, site, movable)
-        if moving.size == 0 and not has_pinned:
-            moving = movable  # nothing fits in time anywhere: offer the group whole (lookahead may move it)
+        has_pinned = bool(((parts.site == site) & parts.pinned).any())
+        subset = _largest_subset(view, job, site, movable)
+        moving = subset
+        if not has_pinned and (whole_first or subset.size == 0):
+            moving = movable  # offered whole (lookahead may move it ahead of a window)
         if moving.size == 0:
             continue
-        power_w = moving.size * parts.part_power_w
-        pseudo = JobView(
-            _pseudo_id(job.job_id, site),
-            site,
-            job.running,
-            power_w,
-            float(parts.state_bytes[moving].sum()),
-            job.remaining_work_s,
-            job.since_migration_s,
-            job.params.model_copy(update={"job_power_w": power_w}),
-            None,
-            int(moving.size),
-        )
-        staying = np.ones(parts.n_parts, dtype=np.bool_)
-        staying[moving] = False
-        other_sites = np.unique(parts.site[staying])
-        spread_after = np.full(view.n_sites, other_sites.size + 1)
-        spread_after[other_sites] = other_sites.size
-        elsewhere = np.unique(parts.site[~in_group])
-        out.append(
-            _PartGroup(
-                job,
-                pseudo,
-                tuple(moving.tolist()),
-                tuple(movable.tolist()),
-                has_pinned,
-                int(elsewhere[0]) if elsewhere.size == 1 else -1,
-                np.where(spread_after > 1, split_rate_w, 0.0),
-            )
-        )
+        group = _make_group(view, job, site, moving, movable, has_pinned, _pseudo_id(job.job_id, site))
+        if subset.size < moving.size and subset.size > 0:
+            group = replace(group, subset=tuple(subset.tolist()))
+        out.append(group)
     return out
 
 
-def _expand_parts(view: ClusterView) -> tuple[list[JobView], dict[int, _PartGroup]]:
+def _make_group(
+    view: ClusterView,
+    job: JobView,
+    site: int,
+    moving: IntArray,
+    movable: IntArray,
+    has_pinned: bool,
+    pseudo_id: int,
+) -> _PartGroup:
+    """The group of ``job``'s parts at ``site`` offered as a one-part job that moves ``moving``."""
+    parts = job.parts
+    assert parts is not None
+    power_w = moving.size * parts.part_power_w
+    pseudo = JobView(
+        pseudo_id,
+        site,
+        job.running,
+        power_w,
+        float(parts.state_bytes[moving].sum()),
+        job.remaining_work_s,
+        job.since_migration_s,
+        job.params.model_copy(update={"job_power_w": power_w}),
+        None,
+        int(moving.size),
+    )
+    staying = np.ones(parts.n_parts, dtype=np.bool_)
+    staying[moving] = False
+    other_sites = np.unique(parts.site[staying])
+    spread_after = np.full(view.n_sites, other_sites.size + 1)
+    spread_after[other_sites] = other_sites.size
+    split_rate_w = (1.0 - parts.cross_site_efficiency) * parts.n_parts * parts.part_power_w
+    elsewhere = np.unique(parts.site[parts.site != site])
+    return _PartGroup(
+        job,
+        pseudo,
+        tuple(moving.tolist()),
+        tuple(movable.tolist()),
+        has_pinned,
+        int(elsewhere[0]) if elsewhere.size == 1 else -1,
+        np.where(spread_after > 1, split_rate_w, 0.0),
+    )
+
+
+def _expand_parts(
+    view: ClusterView, *, whole_first: bool = False
+) -> tuple[list[JobView], dict[int, _PartGroup]]:
     """``view.jobs`` with every job made of parts replaced by its groups' pseudo-jobs."""
     jobs: list[JobView] = []
     groups: dict[int, _PartGroup] = {}
@@ -352,7 +381,7 @@ def _expand_parts(view: ClusterView) -> tuple[list[JobView], dict[int, _PartGrou
         if job.parts is None:
             jobs.append(job)
             continue
-        for group in _part_groups(view, job):
+        for group in _part_groups(view, job, whole_first=whole_first):
             jobs.append(group.pseudo)
             groups[group.pseudo.job_id] = group
     return jobs, groups
@@ -407,10 +436,10 @@ class Lookahead:
             horizon (0: trust the forecast as given).
         surprise_fraction: share of the job's power by which a site's measured headroom may differ from
             the plan's expectation before the plan is remade.
-        partial: a job made of parts is planned per group of co-located parts, each as a job of its own;
-            a group that cannot move whole within ``alpha`` of any forecast window is planned as the
-            largest subset of its parts that can (see ``_part_groups``), and every plan is charged the
-            job's slowdown while its parts are spread over several sites.
+        partial: a job made of parts is planned per group of co-located parts, each as a job of its own
+            (see ``_part_groups``): whole first, then, for a group whose plan does not depart now and
+            cannot move whole within ``alpha`` of any forecast window, as the largest subset of its parts
+            that can; every plan is charged the job's slowdown while its parts are spread over sites.
     """
 
     horizon_s: float = 86_400.0
@@ -559,9 +588,37 @@ class Lookahead:
         """Follow (or refresh) each job's plan; at most one departure per link per epoch."""
         if not (self.partial and any(job.parts is not None for job in view.jobs)):
             return self._decide_jobs(now_s, view)
-        jobs, groups = _expand_parts(view)
+        jobs, groups = _expand_parts(view, whole_first=True)
         self._split_cost_w = {gid: group.split_cost_w for gid, group in groups.items()}
         decided = self._decide_jobs(now_s, replace(view, jobs=jobs))
+        # Second look: a group offered whole whose plan does not depart now may still send the largest
+        # subset that fits in time (planned as a job of its own, after the first look's departures).
+        subsets: dict[int, _PartGroup] = {}
+        for gid, group in groups.items():
+            if group.subset and decided[gid].action is not Action.MIGRATE:
+                movable = np.array(group.group_parts, dtype=np.int64)
+                sub = _make_group(
+                    view,
+                    group.job,
+                    group.pseudo.site,
+                    np.array(group.subset, dtype=np.int64),
+                    movable,
+                    group.has_pinned,
+                    _pseudo_id(group.job.job_id, group.pseudo.site + view.n_sites),
+                )
+                subsets[sub.pseudo.job_id] = sub
+        if subsets:
+            busy = view.link_busy.copy()
+            free = view.free_slots.copy()
+            for gid, decision in decided.items():
+                if decision.action is Action.MIGRATE:
+                    site = groups[gid].pseudo.site if gid in groups else _site_of(view, gid)
+                    busy[site, decision.dst_site] = busy[decision.dst_site, site] = True
+                    free[decision.dst_site] -= groups[gid].pseudo.slots if gid in groups else 1
+            self._split_cost_w = {gid: group.split_cost_w for gid, group in subsets.items()}
+            second = replace(view, jobs=[g.pseudo for g in subsets.values()], link_busy=busy, free_slots=free)
+            decided |= self._decide_jobs(now_s, second)
+            groups |= subsets
         self._split_cost_w = {}
         return _collect_group_decisions(view, decided, groups)
 
