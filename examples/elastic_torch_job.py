@@ -40,7 +40,6 @@ import io
 import json
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ try:
 except ImportError:  # run from a source checkout without installing greenferry
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import greenferry.job as gf_job
+from greenferry.elastic_store import serve_rendezvous_store
 
 FORMAT = 1
 INPUTS = 16
@@ -399,21 +399,6 @@ def train(args: argparse.Namespace, job: gf_job.Job, group: Group, events: Event
         job.complete(trainer.step)
         print(f"done: {trainer.step} steps", flush=True)
     return gf_job.EXIT_COMPLETED
-
-
-def serve_rendezvous_store(port: int) -> int:
-    """Host the TCPStore that torchrun's c10d rendezvous keeps its state in, until SIGTERM or SIGINT.
-
-    The store listens on every interface (TCPStore does not bind to one address) and has no
-    authentication: keep it on the cluster's private network.
-    """
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    store = dist.TCPStore("0.0.0.0", port, is_master=True, wait_for_workers=False)
-    print(f"rendezvous store listening on port {store.port}", flush=True)
-    received = signal.sigwait({signal.SIGTERM, signal.SIGINT})
-    print(f"rendezvous store: {signal.Signals(received).name}, stopping", flush=True)
-    del store
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

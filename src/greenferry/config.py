@@ -39,6 +39,7 @@ __all__ = [
     "ENV_PREFIX",
     "DaemonConfig",
     "DrConfig",
+    "ElasticGroupConfig",
     "HttpConfig",
     "InfluxTelemetryConfig",
     "MigrationConfig",
@@ -448,6 +449,83 @@ class OpenAdrConfig(_Section):
         return self
 
 
+class ElasticGroupConfig(_Section):
+    """[[elastic]]: this node's share of an elastic data-parallel job (torchrun, c10d rendezvous).
+
+    The node joins the job (starts a torchrun agent with ``nproc_per_node`` workers) while its surplus
+    covers its share, and leaves (SIGTERM to the agent, after a committed step) when it stops doing so.
+    Every member of a group lists the same ``name``, ``command`` and ``rendezvous_endpoint``; exactly one
+    hosts the rendezvous store (``host_store``). See docs/distributed.md.
+    """
+
+    name: str = Field(pattern=_NAME_RE, description="The job's name: torchrun's --rdzv-id and MQTT topics.")
+    command: list[str] = Field(
+        min_length=1,
+        max_length=1000,
+        description="The training script and its arguments, as torchrun runs it.",
+    )
+    nproc_per_node: int = Field(1, ge=1, le=64, description="Workers (GPUs) this node contributes.")
+    max_nodes: int = Field(
+        8, ge=1, le=1024, description="Most nodes in the job at once (torchrun --nnodes=1:N)."
+    )
+    rendezvous_endpoint: str = Field(
+        pattern=r"^[A-Za-z0-9_.:\[\]-]+:[0-9]{1,5}$", description="host:port of the c10d rendezvous store."
+    )
+    host_store: bool = Field(False, description="This node runs the rendezvous store (one member per job).")
+    store_command: list[str] | None = Field(
+        None,
+        description="Command that serves the store on {port} (default: python -m greenferry.elastic_store).",
+    )
+    join_surplus_w: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Surplus needed to join (default: the workers' training power plus the host share).",
+    )
+    join_delay_s: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        allow_inf_nan=False,
+        description="Surplus must last this long before joining (s).",
+    )
+    leave_delay_s: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        allow_inf_nan=False,
+        description="A shortfall must last this long before leaving (s).",
+    )
+    stop_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Wait for the agent to leave before killing it (s).",
+    )
+    max_restarts: int = Field(100, ge=0, le=100_000, description="torchrun --max-restarts.")
+    rdzv_conf: dict[str, str | int | float] = Field(
+        default_factory=lambda: {
+            "last_call_timeout": 5,
+            "keep_alive_interval": 5,
+            "keep_alive_max_attempt": 6,
+            "join_timeout": 600,
+        },
+        description="torchrun --rdzv-conf entries (is_host=false is always added).",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment for the agent and workers."
+    )
+
+    @field_validator("rendezvous_endpoint")
+    @classmethod
+    def _port(cls, value: str) -> str:
+        port = int(value.rsplit(":", 1)[1])
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} is outside 1..65535")
+        return value
+
+
 class DaemonConfig(BaseSettings):
     """The whole node configuration (node.toml)."""
 
@@ -470,6 +548,9 @@ class DaemonConfig(BaseSettings):
     dr: DrConfig = DrConfig()
     openadr: OpenAdrConfig | None = Field(
         None, description="An OpenADR 2.0b VEN; without it only MQTT events."
+    )
+    elastic: list[ElasticGroupConfig] = Field(
+        default_factory=list, description="Elastic jobs this node takes a share of while it has surplus."
     )
     shutdown_timeout_s: float = Field(
         10.0,

@@ -103,9 +103,10 @@ def _table(
         if _is_section(annotation):
             continue  # a sub-section: its own table
         env = ENV_PREFIX + "__".join(p.upper() for p in (*path, name))
+        env_cell = "file only" if "<N>" in path else f"`{env}`"
         description = _escape(field.description or "")
         yield (
-            f"| `{name}` | {_type_name(annotation)} | {_default(field)} | {_bounds(field)} | `{env}` | "
+            f"| `{name}` | {_type_name(annotation)} | {_default(field)} | {_bounds(field)} | {env_cell} | "
             f"{description} |"
         )
 
@@ -135,6 +136,8 @@ def _sections() -> Iterator[tuple[str, str, type[BaseModel], tuple[str, ...], fr
     for section in ("migration", "dr", "openadr"):
         model = _model_of(fields[section].annotation)
         yield (f"[{section}]", _intro(model), model, (section,), frozenset())
+    elastic = _model_of(fields["elastic"].annotation)
+    yield ("[[elastic]]", _intro(elastic), elastic, ("elastic", "<N>"), frozenset())
 
 
 def _escape(text: str) -> str:

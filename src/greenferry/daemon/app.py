@@ -137,6 +137,7 @@ class NodeDaemon:
             "telemetry": {"type": self.config.telemetry.type},
             "dr": None if "dr" not in self._components else self._components["dr"].status(),
             "openadr": None if "openadr" not in self._components else self._components["openadr"].status(),
+            "elastic": None if "elastic" not in self._components else self._components["elastic"].status(),
             **self._jobs_status(),
         }
         return out
@@ -309,6 +310,7 @@ class NodeDaemon:
 
         await self._start_jobs(stack, runners)
         await self._start_dr(stack, runners)
+        await self._start_elastic(stack, runners)
 
         if config.http.enabled:
             http = await stack.enter_async_context(
@@ -398,6 +400,18 @@ class NodeDaemon:
             )
             self._components["openadr"] = ven
             runners["openadr"] = ven
+
+    async def _start_elastic(self, stack: AsyncExitStack, runners: dict[str, _Runnable]) -> None:
+        """This node's shares of elastic jobs ([[elastic]]), if any."""
+        if not self.config.elastic:
+            return
+        from greenferry.daemon.elastic import ElasticMembers
+
+        members = await stack.enter_async_context(
+            ElasticMembers(self.config, self.clock, self.board, self._components.get("mqtt"))
+        )
+        self._components["elastic"] = members
+        runners["elastic"] = members
 
     def _advert_publisher(self, mqtt: Any) -> Callable[[bytes], Awaitable[None]]:
         return self._retained_publisher(mqtt, "state")
