@@ -39,7 +39,10 @@ def _config(tmp_path: Path, broker: Mosquitto, prefix: str, name: str, store_por
             "node": {"name": name, "site": f"site-{name}", "hardware_profile": "l4", "gpu_count": 1}
             | {"data_dir": str(tmp_path / name)},
             "mqtt": {"port": broker.port, "topic_prefix": prefix, "reconnect_min_s": 0.05},
-            "signals": {"production": {"topic": f"{prefix}/sites/{name}/production_w", "max_age_s": 3600}},
+            "signals": {
+                "production": {"topic": f"{prefix}/sites/{name}/production_w", "max_age_s": 3600},
+                "demand_response": {"topic": f"{prefix}/sites/{name}/dr", "format": "greenferry"},
+            },
             "power": {"source": "model", "interval_s": 1},
             "http": {"enabled": False},
             "elastic": [
@@ -86,6 +89,24 @@ async def _production(broker: Mosquitto, prefix: str, node: str, watts: float) -
 
     async with aiomqtt.Client("127.0.0.1", broker.port) as client:
         await client.publish(f"{prefix}/sites/{node}/production_w", str(watts).encode(), qos=1, retain=True)
+
+
+async def _dr(broker: Mosquitto, prefix: str, node: str, *, cancelled: bool) -> None:
+    import aiomqtt
+
+    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+    event: dict[str, Any] = {
+        "id": "elastic-dr",
+        "programID": "it",
+        "objectType": "EVENT",
+        "modificationNumber": int(cancelled),
+        "intervalPeriod": {"start": start, "duration": "PT1H"},
+        "intervals": [{"id": 0, "payloads": [{"type": "SIMPLE", "values": [3]}]}],
+    }
+    if cancelled:
+        event["cancelled"] = True
+    async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+        await client.publish(f"{prefix}/sites/{node}/dr", json.dumps(event).encode(), qos=1)
 
 
 def _history(daemon: NodeDaemon) -> list[tuple[int, float, int]]:
@@ -154,6 +175,19 @@ async def test_an_elastic_job_follows_the_surplus_across_two_daemons(
     await _production(mosquitto, prefix, "a", 0)
     await _until(lambda: _member(a).leaves == 1, "a leaving", both)
     assert _member(a).state == "waiting"
+
+    # A grid event at b asks for everything: b's share leaves too (the job waits, checkpointed), and
+    # rejoins when the event is cancelled.
+    left = len(_history(b))
+    await _dr(mosquitto, prefix, "b", cancelled=False)
+    await _until(lambda: _member(b).leaves == 1, "b leaving for the grid event", both)
+    assert _member(b).held is not None
+    decision = b._components["dr"].decision("elastic-dr")
+    assert decision.opt_in
+    assert b.status()["dr"]["paused_jobs"] == ["elastic:elastic-it"]
+    await _dr(mosquitto, prefix, "b", cancelled=True)
+    await _until(lambda: _member(b).joins == 2, "b rejoining after the event", both)
+    assert len(_history(b)) >= left
     await _until(lambda: _member(b).state == "done", "the job completing on b", both)
     await _until(lambda: _member(a).state == "done", "a hearing that the job is done", both)
 

@@ -309,8 +309,8 @@ class NodeDaemon:
             runners["status"] = _StatusReporter(self, mqtt, config.mqtt.status_interval_s)
 
         await self._start_jobs(stack, runners)
-        await self._start_dr(stack, runners)
         await self._start_elastic(stack, runners)
+        await self._start_dr(stack, runners)
 
         if config.http.enabled:
             http = await stack.enter_async_context(
@@ -388,6 +388,7 @@ class NodeDaemon:
                 self._components.get("orchestrator"),
                 registry=self.registry,
                 publish=None if mqtt is None else self._retained_publisher(mqtt, "dr"),
+                elastic=self._components.get("elastic"),
             )
         )
         self._components["dr"] = controller

@@ -56,6 +56,7 @@ _TICK_S = 1.0  # interval boundaries and restore retries are checked this often 
 _HISTORY_S = 86400.0  # power history kept for baselines at most
 _MAX_DECISIONS = 1000
 _MAX_REPLANS = 4  # plans in a row when caps are refused
+_ELASTIC = "elastic:"  # job ids of elastic shares in plans
 
 
 class CapJournal:
@@ -186,6 +187,7 @@ class DrController:
         *,
         registry: CollectorRegistry | None = None,
         publish: Callable[[bytes], Awaitable[None]] | None = None,
+        elastic: Any | None = None,
     ) -> None:
         from greenferry.hardware_profiles import resolve_profile
 
@@ -196,6 +198,7 @@ class DrController:
         self._bus = bus
         self._meter = meter
         self._orchestrator = orchestrator
+        self._elastic = elastic
         self._publish = publish
         self._profile = resolve_profile(config.node.hardware_profile)
         self._journal: CapJournal | None = None
@@ -362,12 +365,13 @@ class DrController:
         from greenferry.hardware_profiles import resolve_profile
 
         orchestrator = self._orchestrator
-        if orchestrator is None:
-            return []
         sample = self._latest
         readings = {g.index: g for g in sample.gpus} if sample is not None else {}
         free = sorted(readings) if readings else list(range(self.config.node.gpu_count))
         loads: list[JobLoad] = []
+        free = self._elastic_loads(loads, free)
+        if orchestrator is None:
+            return loads
         for info in self._jobs():
             spec = info.spec
             profile = resolve_profile(spec.hardware_profile) if spec.hardware_profile else self._profile
@@ -411,6 +415,37 @@ class DrController:
                 )
             )
         return loads
+
+    def _elastic_loads(self, loads: list[JobLoad], free: list[int]) -> list[int]:
+        """Elastic shares that run here (or that this controller holds out) as loads the plan may stop."""
+        if self._elastic is None:
+            return free
+        p = self._profile
+        checkpoint_s, restore_s = self.config.migration.checkpoint_write_s, self.config.migration.restore_s
+        for name, member in sorted(self._elastic.members.items()):
+            job_id = f"{_ELASTIC}{name}"
+            if member.state != "joined" and job_id not in self._applied.held:
+                continue
+            count = min(member.group.nproc_per_node, len(free))
+            gpus, free = tuple(free[:count]), free[count:]
+            loads.append(
+                JobLoad(
+                    job_id=job_id,
+                    gpu_indices=gpus,
+                    gpu_power_w=self._uncapped_w.get(job_id, p.train_power_w),
+                    idle_power_w=p.idle_power_w,
+                    host_power_w=p.host_power_w,
+                    # A GPU that refused a cap is not capped again during the event.
+                    limit_min_w=p.train_power_w
+                    if any(i in self._uncappable for i in gpus)
+                    else p.power_limit_min_w,
+                    limit_max_w=max(p.power_limit_max_w, p.train_power_w),
+                    rate=p.relative_throughput * max(1, count),
+                    stop_lead_s=checkpoint_s,
+                    restart_s=restore_s,
+                )
+            )
+        return free
 
     def _target(self, event: DemandResponseEvent, now_s: float, loads: Sequence[JobLoad]) -> DrTarget | None:
         start_s = event.start_s if event.start_s is not None else now_s
@@ -562,11 +597,19 @@ class DrController:
         return float(self._profile.power_limit_max_w)
 
     async def _apply_jobs(self, plan: DrPlan) -> None:
+        pause = set(plan.jobs_in("pause"))
+        for job_id in sorted(pause - self._applied.held):
+            if job_id.startswith(_ELASTIC) and self._elastic is not None:
+                self._applied.held.add(job_id)
+                logger.info("elastic share %s leaves for demand response", job_id)
+                self._elastic.members[job_id.removeprefix(_ELASTIC)].hold("paused for demand response")
         orchestrator = self._orchestrator
         if orchestrator is None:
+            self._release_elastic(pause)
             return
-        pause = set(plan.jobs_in("pause"))
         for action in plan.actions:
+            if action.job_id.startswith(_ELASTIC):
+                continue
             if action.mode == "pause" and action.job_id not in self._applied.held:
                 if await orchestrator.hold(action.job_id, "paused for demand response"):
                     self._applied.held.add(action.job_id)
@@ -578,10 +621,18 @@ class DrController:
                     logger.info("job %s moving to %s for demand response", action.job_id, action.destination)
                 except GreenferryError as err:
                     logger.warning("job %s: demand-response move refused: %s", action.job_id, err)
+        self._release_elastic(pause)
         for job_id in sorted(self._applied.held - pause):
             orchestrator.release(job_id)
             self._applied.held.discard(job_id)
             logger.info("job %s released: demand response no longer needs it paused", job_id)
+
+    def _release_elastic(self, keep: set[str]) -> None:
+        for job_id in sorted(j for j in self._applied.held - keep if j.startswith(_ELASTIC)):
+            if self._elastic is not None:
+                self._elastic.members[job_id.removeprefix(_ELASTIC)].release()
+            self._applied.held.discard(job_id)
+            logger.info("elastic share %s may rejoin: demand response no longer needs it out", job_id)
 
     async def _restore_one(self, index: int) -> None:
         assert self._journal is not None
@@ -618,6 +669,7 @@ class DrController:
             for index in sorted(self._applied.caps_w):
                 await self._restore_one(index)
             await self._restore_pending()
+        self._release_elastic(set())
         if self._orchestrator is not None:
             for job_id in sorted(self._applied.held):
                 self._orchestrator.release(job_id)

@@ -128,6 +128,7 @@ class ElasticMember:
         self._bad_since: float | None = None
         self._leave_requested = False
         self._closing = False
+        self.held: str | None = None  # why the share must not run now (a demand-response event)
 
     # ------------------------------------------------------------------------------ decisions
 
@@ -144,7 +145,10 @@ class ElasticMember:
             self._seen |= _descendants(self._agent.pid)
         good_for = None if self._good_since is None else now_m - self._good_since
         bad_for = None if self._bad_since is None else now_m - self._bad_since
-        if self.state == "waiting" and good_for is not None and good_for >= self.group.join_delay_s:
+        if self.held is not None:
+            if self.state == "joined":
+                await self.leave(self.held)
+        elif self.state == "waiting" and good_for is not None and good_for >= self.group.join_delay_s:
             await self._join()
         elif self.state == "joined" and bad_for is not None and bad_for >= self.group.leave_delay_s:
             await self.leave("the node's surplus no longer covers its share")
@@ -211,6 +215,14 @@ class ElasticMember:
             await agent.wait()
             if self._agent_task is not None:
                 await self._agent_task
+
+    def hold(self, why: str) -> None:
+        """Keep the share out of the job until :meth:`release`; a running share leaves at the next tick."""
+        self.held = why
+
+    def release(self) -> None:
+        """Let the share join again (when its surplus says so)."""
+        self.held = None
 
     def _kill(self, pid: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -345,6 +357,7 @@ class ElasticMember:
             "last_exit": self.last_exit,
             "agent_pid": None if self._agent is None else self._agent.pid,
             "hosts_store": self.group.host_store,
+            "held": self.held,
             "store_running": self._store is not None and self._store.returncode is None,
         }
 
