@@ -14,7 +14,10 @@ The job's exit code says how it ended: 0 completed, 75 checkpointed (a complete 
 disk), anything else failed. A status line the supervisor does not understand (not JSON, too long, unknown
 type, bad field) is counted and ignored. No process outlives the supervisor: on exit it asks every job for a
 checkpoint and kills the process group of any that does not exit in time; a job's group is also killed
-when its leader exits, so nothing it spawned is left behind.
+when its leader exits, so nothing it spawned is left behind. A daemon that died without that (kill -9, a
+crash) leaves its jobs saving a last checkpoint once they see it gone: before a job starts, the supervisor
+waits for any such process of it (found by its checkpoint directory) to exit, and kills it after the job's
+checkpoint timeout, so the job never runs twice and the new process resumes from that last checkpoint.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import os
 import signal
 import stat
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -70,6 +73,7 @@ __all__ = [
     "JobSupervisor",
     "JobSupervisorError",
     "checkpoint_size",
+    "leftover_job_processes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -322,6 +326,42 @@ def checkpoint_size(checkpoint_dir: Path) -> tuple[int, int]:
     return size_bytes, file_count
 
 
+def leftover_job_processes(job_id: str, checkpoint_dir: Path, own: Set[int] = frozenset()) -> list[int]:
+    """Live processes (Linux ``/proc``) started for ``job_id`` with ``checkpoint_dir``, except ``own``.
+
+    A job's processes carry ``GREENFERRY_JOB_ID`` and ``GREENFERRY_JOB_CHECKPOINT_DIR`` in their environment
+    (its children inherit them), which names them across daemon restarts without a pid file to go stale.
+    Processes this user may not read are not this daemon's jobs and are skipped; without ``/proc``, none.
+    """
+    wanted = {f"{ENV_JOB_ID}={job_id}".encode(), f"{ENV_CHECKPOINT_DIR}={checkpoint_dir}".encode()}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        if not name.isdigit() or int(name) in own or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as handle:
+                environ = set(handle.read().split(b"\0"))
+        except OSError:
+            continue
+        if wanted <= environ and _alive(int(name)):
+            found.append(int(name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not reaped yet, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
+
+
 async def _read_pipe(fd: int) -> AsyncIterator[bytes]:
     """The chunks read from the pipe ``fd`` (which it takes over and closes) until end of file."""
     loop = asyncio.get_running_loop()
@@ -508,6 +548,7 @@ class JobSupervisor:
             )
         job_dir = Path(job_dir).absolute()
         checkpoint_dir = job_dir / CHECKPOINT_DIR_NAME
+        await self._outlive_leftovers(spec, checkpoint_dir)
         try:
             job_dir.mkdir(parents=True, exist_ok=True)
             found = await asyncio.to_thread(recover_checkpoint, checkpoint_dir)
@@ -580,6 +621,33 @@ class JobSupervisor:
         task.add_done_callback(self._tasks.discard)
         logger.info("job %s started: pid %d in %s", job_id, proc.pid, job_dir)
         self._emit(JobEvent(JobEventKind.STARTED, job_id, self.clock.now_s(), pid=proc.pid))
+
+    async def _outlive_leftovers(self, spec: JobSpec, checkpoint_dir: Path) -> None:
+        """Wait for processes of this job that a previous daemon left (bounded by its checkpoint timeout)."""
+        own = {job.proc.pid for job in self._jobs.values() if not job.exited.done()}
+        pids = await asyncio.to_thread(leftover_job_processes, spec.job_id, checkpoint_dir, own)
+        if not pids:
+            return
+        logger.warning(
+            "job %s: process(es) %s of a previous daemon still run; waiting up to %.1f s for them to exit",
+            spec.job_id,
+            ", ".join(map(str, pids)),
+            spec.checkpoint_timeout_s,
+        )
+        deadline_m = self.clock.monotonic_s() + spec.checkpoint_timeout_s
+        while pids and self.clock.monotonic_s() < deadline_m:
+            await asyncio.sleep(0.05)
+            pids = [pid for pid in pids if _alive(pid)]
+        for pid in pids:
+            logger.warning("job %s: killing process %d left by a previous daemon", spec.job_id, pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        for _ in range(100):  # a killed process leaves the table once it is reaped
+            pids = [pid for pid in pids if _alive(pid)]
+            if not pids:
+                return
+            await asyncio.sleep(0.05)
+        raise JobStartError(f"job {spec.job_id}: processes {pids} of a previous daemon do not go away")
 
     async def request_checkpoint(self, job_id: str, timeout_s: float) -> CheckpointResult:
         """Ask the job to checkpoint and exit; wait for it.
