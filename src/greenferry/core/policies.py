@@ -50,7 +50,7 @@ def _free_targets(
     """Sites the job could move to now (whole): another site, linked, with the GPU slots it needs."""
     ok = (view.bandwidth_bps[job.site] > 0) & (free_slots >= job.slots)
     ok[job.site] = False
-    if not job.moves_whole:
+    if job.parts is not None and not job.moves_whole:
         ok[:] = False
     return np.asarray(ok, dtype=np.bool_)
 

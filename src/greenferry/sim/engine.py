@@ -315,19 +315,20 @@ class Engine:
                 view = self._view(epoch, t0, group if w.isolated else active, group, surplus, slots)
                 decisions = policy.decide(view.now_s, view)
                 for j in group:
-                    decision = decisions.get(jobs[j].model.job_id)
+                    job = jobs[j]
+                    decision = decisions.get(job.model.job_id)
                     if decision is None:
-                        continue
-                    if jobs[j].parts is None:
-                        self._apply(jobs[j], decision.action, decision.dst_site, t0, view, migrations)
+                        pass
+                    elif job.parts is None:
+                        self._apply(job, decision.action, decision.dst_site, t0, view, migrations)
                     else:
-                        self._apply_parts(jobs[j], decision, t0, view, migrations)
+                        self._apply_parts(job, decision, t0, view, migrations)
             for j in active:
-                pos = max(t0, jobs[j].model.arrival_step)
-                if jobs[j].parts is None:
-                    self._advance(j, jobs[j], pos, t1, load, timeline)
+                job = jobs[j]
+                if job.parts is None:
+                    self._advance(j, job, max(t0, job.model.arrival_step), t1, load, timeline)
                 else:
-                    self._advance_parts(j, jobs[j], pos, t1, timeline)
+                    self._advance_parts(j, job, max(t0, job.model.arrival_step), t1, timeline)
             active = [j for j in active if jobs[j].status != DONE]
             epoch += 1
         return self._result(policy.name, seed, load, timeline, migrations)
