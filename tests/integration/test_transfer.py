@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
@@ -441,6 +442,29 @@ async def test_a_chunk_damaged_at_the_source_stops_the_transfer(
         await send_chunks(session, dst.url, "t1", manifest, src, streams=1, compress=False)
     assert bad not in dst.store.shas()
     assert not src.has(bad)  # removed at the source: building the manifest again restores it
+
+
+class _FullDiskStore(ChunkStore):
+    """A chunk store on a full disk: every new chunk fails with ENOSPC."""
+
+    def put(self, data: bytes, expected_sha256: str | None = None) -> str:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+async def test_a_full_destination_disk_refuses_the_chunk_with_507_once(
+    tmp_path: Path, src: ChunkStore, session: aiohttp.ClientSession
+) -> None:
+    """Found by the fault-injection trials: ENOSPC was a 500, retried as transient until the deadline."""
+    full = await Destination(_FullDiskStore(tmp_path / "full-chunks")).start()
+    try:
+        root = write_checkpoint(tmp_path / "ckpt", {"a.bin": os.urandom(CHUNK_BYTES)})
+        manifest = await manifest_of(root, src)
+        with pytest.raises(TransferRefusedError) as refused:
+            await send_chunks(session, full.url, "t1", manifest, src, streams=1, compress=False, **FAST_RETRY)
+        assert (refused.value.status, refused.value.code) == (507, "insufficient_storage")
+        assert len(full.puts) == 1  # not retried
+    finally:
+        await full.stop()
 
 
 async def test_oversized_bodies_are_refused_with_413(

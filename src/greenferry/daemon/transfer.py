@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import inspect
 import io
@@ -136,7 +137,8 @@ class TransferInterruptedError(TransferError, ServiceUnavailableError):
 
 
 class TransferRefusedError(TransferError):
-    """The destination refused a request for good (4xx): unauthorized, no such transfer, chunk too big."""
+    """The destination refused a request for good (4xx, or 507: its disk is full): unauthorized, no such
+    transfer, chunk too big."""
 
     def __init__(self, status: int, code: str, message: str, stats: TransferStats | None = None) -> None:
         super().__init__(f"HTTP {status} {code}: {message}", stats)
@@ -799,7 +801,14 @@ class _TransferHandler:
             self._store.put(data, sha)
         except ChunkCorruptError as err:
             raise _RefusedError(422, "chunk_hash_mismatch", str(err)) from None
+        except OSError as err:
+            if err.errno in _NO_SPACE:  # not transient: retrying only fills the disk again until the deadline
+                raise _RefusedError(507, "insufficient_storage", f"cannot store the chunk: {err}") from None
+            raise
         return len(data)
+
+
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 async def _read_body(request: web.Request, limit_bytes: int) -> bytes:
@@ -935,7 +944,7 @@ class _Sender:
 
         Raises:
             TransferInterruptedError: still failing after max_attempts.
-            TransferRefusedError: any other 4xx.
+            TransferRefusedError: any other 4xx, or 507 (the destination's disk is full).
         """
         backoff = Backoff(min_s=self.backoff_min_s, max_s=self.backoff_max_s)
         attempt = 0
@@ -948,7 +957,7 @@ class _Sender:
                 problem = text
             else:
                 code, message = _error_of(text)
-                if status < 500 and status not in transient:
+                if (status < 500 and status not in transient) or status == 507:
                     raise TransferRefusedError(status, code, f"{what}: {message}")
                 problem = f"HTTP {status} {code}: {message}"
             if attempt >= self.max_attempts:
@@ -1097,8 +1106,8 @@ async def send_chunks(
         streams: parallel requests (1..64).
         compress: offer zstd (used only when zstandard imports and the destination accepts it).
         progress: called as ``progress(done_bytes, total_bytes)`` (distinct chunk bytes) after each chunk.
-        max_attempts: tries per request before giving up (on no answer, a 5xx, 408, 429, and 422 for a
-            chunk that arrived damaged).
+        max_attempts: tries per request before giving up (on no answer, a 5xx but 507, 408, 429, and 422
+            for a chunk that arrived damaged).
         backoff_min_s, backoff_max_s: the jittered backoff between tries (s).
         request_timeout_s: bound on one request (s).
 
