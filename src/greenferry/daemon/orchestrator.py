@@ -225,6 +225,8 @@ class Orchestrator:
                 else:
                     self._spawn(self._abort_source(record, "source restarted before the commit"), "abort")
             elif record.step is MigrationStep.STARTED:
+                # Held from now on: the decision loop must not start the job before the source answers.
+                self._local_of(record.job_id).busy = True
                 self._spawn(self._doubt(record), f"doubt-{record.migration_id}")
             else:
                 self.journal.advance(record, MigrationStep.ABORTED, now, reason="destination restarted")
@@ -254,10 +256,11 @@ class Orchestrator:
         self.closed = True
         self.journal.close()
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=f"greenferry-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -571,6 +574,9 @@ class Orchestrator:
         from greenferry.core.policy import Action
 
         now_m = self.clock.monotonic_s()
+        # A source that went away (or whose abort was lost) leaves a reservation behind: it must not hold a
+        # slot, and its journal record must not stay open, until some later offer happens to arrive.
+        self._expire_reservations(now_m)
         candidates = [
             j
             for j in self._owned()
@@ -970,20 +976,28 @@ class Orchestrator:
         shutil.rmtree(self.jobs_root / record.job_id / "checkpoint", ignore_errors=True)
 
     async def _abort_source(self, record: MigrationRecord, reason: str, size_bytes: int = 0) -> None:
-        """Roll back: tell the destination (best effort); the job is paused here at the same checkpoint."""
+        """Roll back: tell the destination (best effort); the job is paused here at the same checkpoint.
+
+        After COMMITTING the destination may have taken the commit, and run the job, at epoch + 1: that
+        epoch is spent, and the job resumes here at it (the destination keeps it too when it drops its
+        run, so a later offer is not refused there as stale).
+        """
         logger.warning("job %s: migration to %s aborted: %s", record.job_id, record.peer, reason)
-        record = self.journal.advance(record, MigrationStep.ABORTED, self.clock.now_s(), reason=reason[:1000])
-        self.in_flight.pop(record.migration_id, None)
-        self._cooldown_m[(record.job_id, record.peer)] = self.clock.monotonic_s() + _RETRY_AFTER_ABORT_S
         info = self._jobs.get(record.job_id)
         if (
             info is not None
             and info.node == self.node
             and info.state in (JobState.MIGRATING, JobState.CHECKPOINTING)
         ):
-            self._put(
-                info.model_copy(update={"state": JobState.PAUSED, "message": f"migration aborted: {reason}"})
-            )
+            update: dict[str, Any] = {"state": JobState.PAUSED, "message": f"migration aborted: {reason}"}
+            if record.step is MigrationStep.COMMITTING:
+                update["epoch"] = max(info.epoch, record.epoch + 1)
+            # The job's record first: a crash before the migration's step leaves it open, and recovery
+            # rolls it back again; the other order would leave the job migrating with nothing in flight.
+            self._put(info.model_copy(update=update))
+        record = self.journal.advance(record, MigrationStep.ABORTED, self.clock.now_s(), reason=reason[:1000])
+        self.in_flight.pop(record.migration_id, None)
+        self._cooldown_m[(record.job_id, record.peer)] = self.clock.monotonic_s() + _RETRY_AFTER_ABORT_S
         self.stats.aborted_migrations += 1
         self.bus.publish(
             MigrationEnded(
@@ -1200,7 +1214,7 @@ class Orchestrator:
         t_start = self.clock.monotonic_s()
         await self._start(info, resume=True)
         local.restore_s = self.clock.monotonic_s() - t_start
-        reservation.confirm_task = asyncio.get_running_loop().create_task(self._await_confirm(record))
+        reservation.confirm_task = self._spawn(self._await_confirm(record), f"confirm-{migration_id}")
         return CommitReply(running=True, epoch=commit.epoch, restore_s=local.restore_s)
 
     async def _await_confirm(self, record: MigrationRecord) -> None:
@@ -1210,6 +1224,7 @@ class Orchestrator:
             logger.warning(
                 "job %s: no confirmation from %s; stopping it until it answers", record.job_id, record.peer
             )
+            self._local_of(record.job_id).busy = True
             await self._doubt(current)
 
     async def on_confirm(self, peer: str, migration_id: str) -> None:
@@ -1237,6 +1252,8 @@ class Orchestrator:
 
     async def _stop_foreign(self, record: MigrationRecord, why: str) -> None:
         info = self._jobs.get(record.job_id)
+        if info is not None and info.epoch != record.epoch + 1:
+            return  # not the run this migration started: a later move brought the job here again
         if info is not None and info.node == self.node and info.state in ACTIVE_STATES:
             await self.supervisor.stop(record.job_id)
         if info is not None and info.node == self.node:
@@ -1245,11 +1262,28 @@ class Orchestrator:
             )
 
     async def _doubt(self, record: MigrationRecord) -> None:
-        """A started job without the source's confirmation: stop it, then ask the source until it answers."""
+        """A started job without the source's confirmation: stop it, then ask the source until it answers.
+
+        The job is held (busy) meanwhile, so the decision loop does not start it again: the source rolls
+        back at its fence time assuming the destination stopped the job by then and kept it stopped.
+        """
+        local = self._local_of(record.job_id)
+        local.busy = True
+        try:
+            await self._ask_source(record)
+        finally:
+            local.busy = False
+            # Resolved (or shutting down): a reservation left behind would refuse every later offer of
+            # the job here as "already reserved".
+            self._reservations.pop(record.migration_id, None)
+            self._wake.set()  # an owned job resumes at the next decision
+
+    async def _ask_source(self, record: MigrationRecord) -> None:
         info = self._jobs.get(record.job_id)
         if (
             info is not None
             and info.node == self.node
+            and info.epoch == record.epoch + 1
             and info.state in (JobState.RUNNING, JobState.STARTING)
         ):
             with contextlib.suppress(GreenferryError):
@@ -1259,6 +1293,9 @@ class Orchestrator:
         if advert is not None:
             url = advert.peer_url
         while True:
+            current = self.journal.migration(record.migration_id)
+            if current is None or current.step is not MigrationStep.STARTED:
+                return  # settled meanwhile: the source's confirm or abort arrived
             if url is None:
                 advert = self.directory.get(record.peer, self.clock.monotonic_s())
                 url = advert.peer_url if advert is not None else None
@@ -1270,7 +1307,6 @@ class Orchestrator:
                 if status is not None:
                     if status.step == MigrationStep.RELEASED.value:
                         self.journal.advance(record, MigrationStep.OWNED, self.clock.now_s())
-                        self._wake.set()  # the paused job resumes at the next decision
                         return
                     if status.step in (MigrationStep.ABORTED.value, "unknown"):
                         await self._stop_foreign(record, "the source kept the job")
