@@ -6,9 +6,13 @@ the namespaces (CI has it); skipped with the reason elsewhere, failed in CI.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
+import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +97,100 @@ def test_the_destination_is_killed_mid_transfer_and_restarts(cluster: NetnsClust
     )
     assert len(cluster.job_processes("kill-dst-1")) == 1
     assert cluster.job("b", "kill-dst-1") is None
+
+
+def _step_of_fast(cluster: NetnsCluster, node: str, job_id: str) -> set[str]:
+    """The node's migration steps for the job, read-only (polled every few ms while a move is in flight)."""
+    path = cluster.data_dir(node) / "journal.sqlite"
+    if not path.exists():
+        return set()
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return {row[0] for row in db.execute("SELECT step FROM migrations WHERE job_id = ?", (job_id,))}
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return set()
+    finally:
+        db.close()
+
+
+def _hold_then_step(pid: int, until: Callable[[], bool], limit_s: float) -> None:
+    """Freeze process ``pid`` (SIGSTOP), then let it run 2 ms at a time until ``until()``; it stays frozen.
+
+    Between slices the frozen process sends nothing more, but what it already sent reaches its peer, which
+    runs freely: so the slice that sends a request is seen (its effect at the peer) before the process can
+    act on the answer.
+    """
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + limit_s
+    while not until():
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGCONT)
+            raise AssertionError(f"process {pid} did not get there within {limit_s:g} s")
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.002)
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.05)
+
+
+def test_the_destination_is_killed_during_restore_before_the_source_confirmed(cluster: NetnsCluster) -> None:
+    """kill -9 of b once it started the job for a commit and before a's confirmation; b restarts at once.
+
+    a is frozen from the prepare on and stepped until b has journaled STARTED (the job's process exists at
+    b), so a cannot confirm: b dies holding a job it does not own yet. Its job process sees its daemon gone
+    and checkpoints; the restarted b waits for it, finds STARTED, asks a; a, whose commit got no answer, asks
+    b, hears STARTED and releases; b owns the job and resumes it from its last checkpoint.
+    """
+    job = "kill-dst-restore-1"
+    cluster.submit(_spec(job))
+    a_pid = cluster.procs["a"].pid
+    cluster.wait_for(
+        lambda: MigrationStep.TRANSFERRED.value in _step_of_fast(cluster, "a", job) or time.sleep(0.005),
+        180,
+        "the transfer to finish",
+    )
+    try:
+        _hold_then_step(a_pid, lambda: MigrationStep.STARTED.value in _step_of_fast(cluster, "b", job), 60)
+        steps_at_b = _step_of_fast(cluster, "b", job)
+        assert steps_at_b == {MigrationStep.STARTED.value}, steps_at_b  # not confirmed: a is frozen
+        assert len(cluster.job_processes(job)) == 1  # b's, restoring
+        cluster.kill("b")
+        cluster.start("b")
+    finally:
+        os.kill(a_pid, signal.SIGCONT)
+    (record,) = [m for m in cluster.migrations("a") if m.job_id == job]
+    deadline_s = float(record.data["deadline_in_s"])
+    runners: list[int] = []
+
+    def resumed_at_b() -> bool:
+        runners.append(len(cluster.job_processes(job)))
+        return _running_at(cluster, "b", job, 1) and _step_of(cluster, "b", job, MigrationStep.OWNED)
+
+    cluster.wait_for(resumed_at_b, deadline_s + 60, "b to own the job and run it again")
+    cluster.wait_for(lambda: _step_of(cluster, "a", job, MigrationStep.RELEASED), 30, "a to release")
+    assert max(runners) <= 1  # never two processes of the job, while b restarted and the two ends agreed
+    assert len(cluster.job_processes(job)) == 1
+    at_a = cluster.job("a", job)
+    assert at_a is not None
+    assert at_a.state is JobState.MIGRATED
+    # Nothing lost: b resumed from its last checkpoint, the one its orphaned process saved on its way out
+    # if it got to save one (the example job writes its history with every save), else the one that moved.
+    moved_step = at_a.checkpoint_step
+    assert moved_step is not None
+    job_dir = cluster.data_dir("b") / "jobs" / job
+    history = job_dir / "losses.json"
+    last_step = json.loads(history.read_text())["step"] if history.exists() else moved_step
+    assert last_step >= moved_step
+    log = job_dir / "job.log"
+    # The new process's log starts after the restarted daemon's banner (the orphan's, before it, may not
+    # have said anything: its output went to the killed daemon).
+    resumed = cluster.wait_for(
+        lambda: re.findall(
+            r"resumed from \S+ at step (\d+)", log.read_text().rsplit("--- greenferry:", 1)[-1]
+        ),
+        60,
+        "the job to say where it resumed",
+    )
+    assert int(resumed[-1]) == last_step
 
 
 def test_the_source_is_killed_after_the_commit_request(cluster: NetnsCluster) -> None:
