@@ -449,6 +449,15 @@ class OpenAdrConfig(_Section):
         return self
 
 
+# torchrun --rdzv-conf defaults: a heartbeat window of 6 x 5 s (a shorter one split a job in two in tests).
+_DEFAULT_RDZV_CONF: dict[str, str | int | float] = {
+    "last_call_timeout": 5,
+    "keep_alive_interval": 5,
+    "keep_alive_max_attempt": 6,
+    "join_timeout": 600,
+}
+
+
 class ElasticGroupConfig(_Section):
     """[[elastic]]: this node's share of an elastic data-parallel job (torchrun, c10d rendezvous).
 
@@ -505,12 +514,7 @@ class ElasticGroupConfig(_Section):
     )
     max_restarts: int = Field(100, ge=0, le=100_000, description="torchrun --max-restarts.")
     rdzv_conf: dict[str, str | int | float] = Field(
-        default_factory=lambda: {
-            "last_call_timeout": 5,
-            "keep_alive_interval": 5,
-            "keep_alive_max_attempt": 6,
-            "join_timeout": 600,
-        },
+        default_factory=lambda: dict(_DEFAULT_RDZV_CONF),
         description="torchrun --rdzv-conf entries (is_host=false is always added).",
     )
     env: dict[str, str] = Field(

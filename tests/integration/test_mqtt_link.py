@@ -36,8 +36,9 @@ OPENADR3_EVENT: dict[str, Any] = {
     "programID": "prog-1",
     "eventName": "evening peak",
     "objectType": "EVENT",
-    "modificationDateTime": "2026-12-02T09:00:00Z",
-    "intervalPeriod": {"start": "2026-12-02T17:00:00Z", "duration": "PT1H"},
+    # Far in the future: the link drops events that have ended, and this one must stay in its book.
+    "modificationDateTime": "2036-12-02T09:00:00Z",
+    "intervalPeriod": {"start": "2036-12-02T17:00:00Z", "duration": "PT1H"},
     "intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [5]}]}],
     "payloadDescriptors": [{"payloadType": "IMPORT_CAPACITY_LIMIT", "units": "KW"}],
 }
@@ -171,7 +172,7 @@ async def test_signals_of_each_format_reach_the_board_and_the_bus(mosquitto: Mos
                 f"{prefix}/grid/carbon", b'{"value": 212.5, "time": "%s"}' % _iso_now().encode(), qos=1
             )
             await client.publish(f"{prefix}/grid/price", b'{"prices": [{"eur_per_mwh": -12.5}]}', qos=1)
-            windows = [{"start": 1_800_000_000, "end": "2027-01-15T09:00:00Z", "power_w": 2500}]
+            windows = [{"start": 2_100_000_000, "end": "2036-07-18T14:20:00Z", "power_w": 2500}]
             await client.publish(f"{prefix}/forecast", json.dumps(windows).encode(), qos=1)
             await client.publish(f"{prefix}/dr", json.dumps(OPENADR3_EVENT).encode(), qos=1)
         await wait_until(
@@ -190,7 +191,7 @@ async def test_signals_of_each_format_reach_the_board_and_the_bus(mosquitto: Mos
     assert carbon.source_time_s is not None
     assert _value(board, SignalKind.PRICE_PER_MWH) == -12.5
     assert _value(board, SignalKind.SURPLUS_FORECAST) == (
-        SurplusWindow(1_800_000_000.0, 1_800_003_600.0, 2500.0),
+        SurplusWindow(2_100_000_000.0, 2_100_003_600.0, 2500.0),
     )
     event = _value(board, SignalKind.DEMAND_RESPONSE)
     assert isinstance(event, DemandResponseEvent)

@@ -395,7 +395,7 @@ class DrController:
             limit_min = min(limit_min, limit_max)
             checkpoint_s, restore_s = orchestrator.job_timings_s(info.job_id)
             option = None
-            if self.rules.allow_migrate and spec.migratable:
+            if self.rules.allow_migrate and spec.moves_whole:
                 job_power = spec.power_w if spec.power_w is not None else uncapped * max(1, count)
                 option = orchestrator.migration_option(info.job_id, min_surplus_w=job_power)
             loads.append(
