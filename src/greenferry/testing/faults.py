@@ -884,7 +884,7 @@ class _Injector:
 
     async def handled(self, incarnation: _Incarnation, point: str) -> None:
         """The destination did what ``point`` asked; a ``handled`` crash strikes before it answers."""
-        if not self.active:
+        if not self.active or incarnation.dead:  # (a handler that outlived its node's crash)
             return
         for armed in self.armed:
             fault = armed.fault
@@ -994,22 +994,29 @@ class _Trial:
     async def crash(self, fault: Fault, *, requester: str) -> None:
         """Crash the fault's node; if that is the caller's own node, wait here to be cancelled with it."""
         node = self.nodes[self.name(fault.node)]
-        if node.current is None:
+        incarnation = node.current
+        if incarnation is None:
             return
         self.pending_restarts += 1
-        self.spawn(self._crash_and_restart(node, fault))
-        if requester == node.name:
-            # The crash cancels this task with the rest of the node, or (a request handler of the peer
-            # server) it fails here: the node is dead, its answer never the one it would have given.
-            while node.current is not None:
-                await asyncio.sleep(0.005)
-            raise ConnectionResetError(f"node {node.name} crashed")
-        while node.current is not None:
+        crashed = asyncio.Event()
+        self.spawn(self._crash_and_restart(node, fault, crashed))
+        if requester != node.name:
+            await crashed.wait()  # then the request goes on, to a node that is down (or already back)
+            return
+        # The crash cancels this task with the rest of the node; a request handler of its peer server it
+        # does not (the server's teardown waits for it), and it fails here: the node is dead, and its
+        # answer never the one it would have given.
+        while not incarnation.dead:
             await asyncio.sleep(0.005)
+        raise ConnectionResetError(f"node {node.name} crashed")
 
-    async def _crash_and_restart(self, node: _Node, fault: Fault) -> None:
+    async def _crash_and_restart(self, node: _Node, fault: Fault, crashed: asyncio.Event) -> None:
         try:
-            if not await node.crash(hard=fault.hard):
+            try:
+                down = await node.crash(hard=fault.hard)
+            finally:
+                crashed.set()
+            if not down:
                 return
             self.fault_event()
             await asyncio.sleep(fault.restart_after_s)
@@ -1220,7 +1227,7 @@ class _Trial:
 
     async def _settle(self, *, full: bool = True) -> None:
         """Wait for the cluster to rest (three looks in a row), within the deadline + 60 s of the faults."""
-        stable = 0
+        stable = looks = 0
         why = ""
         while stable < 3:
             await asyncio.sleep(0.05)
@@ -1229,6 +1236,9 @@ class _Trial:
                 raise AssertionError(f"not settled {budget_s:.0f} s after the last fault: {why}")
             why = self._settled(full=full)
             stable = stable + 1 if not why else 0
+            looks += 1
+            if why and looks % 100 == 0:
+                logger.info("trial %d: not at rest after %d looks: %s", self.plan.seed, looks, why)
 
     def _deadline_s(self) -> float:
         src = self.name("src")
