@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from greenferry.core.dr import DrPayload
@@ -201,7 +201,6 @@ class DrPlan:
     actions: tuple[JobAction, ...] = ()
     cost_work_s: float = 0.0
     max_shed_w: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def caps(self) -> dict[int, float]:

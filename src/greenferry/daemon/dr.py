@@ -127,7 +127,6 @@ class EventDecision:
     cost_work_s: float = 0.0
     active: bool = False
     ended: bool = False
-    decided_s: float = 0.0
 
     @property
     def delivered_w(self) -> float | None:
@@ -447,16 +446,14 @@ class DrController:
             )
         return free
 
-    def _target(self, event: DemandResponseEvent, now_s: float, loads: Sequence[JobLoad]) -> DrTarget | None:
-        start_s = event.start_s if event.start_s is not None else now_s
-        baseline = self._decisions[event.id].baseline_w if event.id in self._decisions else None
-        if baseline is None:
-            baseline = self._baseline_w(min(start_s, now_s))
+    def _target(
+        self, event: DemandResponseEvent, now_s: float, loads: Sequence[JobLoad], baseline_w: float
+    ) -> DrTarget | None:
         flexible = sum(max(j.stop_shed_w, j.max_cap_shed_w) for j in loads)
         rated = self.config.node.gpu_count * self._profile.max_power_w + self._profile.host_power_w
         return target_for(
             event.payloads_at(now_s) or (event.intervals[0].payloads if event.intervals else ()),
-            baseline_w=baseline,
+            baseline_w=baseline_w,
             flexible_w=flexible,
             max_power_w=rated,
             rules=self.rules,
@@ -464,21 +461,21 @@ class DrController:
 
     def _forecast_decision(self, event: DemandResponseEvent, now_s: float) -> EventDecision:
         loads = self._job_loads()
-        target = self._target(event, now_s, loads)
+        target = self._target(event, now_s, loads, self._baseline_w(now_s))
         duration = (event.end_s or now_s) - (event.start_s or now_s)
         plan = plan_dr(target, max(duration, 0.0), loads, self.rules)
         return self._decide(event.id, plan.opt_in, plan.reason, plan)
 
     def _decide(self, event_id: str, opt_in: bool, reason: str, plan: DrPlan | None) -> EventDecision:
         decision = self._decisions.get(event_id)
+        if decision is None or decision.opt_in != opt_in:  # a first answer, or a changed one
+            self._m_decisions.labels(answer="opt_in" if opt_in else "opt_out").inc()
         if decision is None:
             decision = self._decisions[event_id] = EventDecision(event_id, opt_in, reason)
-            self._m_decisions.labels(answer="opt_in" if opt_in else "opt_out").inc()
             while len(self._decisions) > _MAX_DECISIONS:
                 oldest = next(iter(self._decisions))
                 del self._decisions[oldest]
         decision.opt_in, decision.reason = opt_in, reason
-        decision.decided_s = self.clock.now_s()
         if plan is not None:
             decision.requested_shed_w = plan.requested_shed_w
             decision.planned_shed_w = plan.planned_shed_w if opt_in else 0.0
@@ -492,17 +489,17 @@ class DrController:
         self.book.prune(now_s)
         for _ in range(_MAX_REPLANS):
             active = self.book.active(now_s)
+            live = {e.id for e in active}
             for decision in self._decisions.values():
-                still = any(e.id == decision.event_id for e in active)
-                if decision.active and not still:
+                if decision.active and decision.event_id not in live:
                     decision.active, decision.ended = False, True
             if not active:
-                if self._applied.key is not None:
+                if self._applied.key is not None or self._applied.caps_w or self._applied.held:
                     logger.info("no demand-response event in force: restoring limits and releasing jobs")
-                await self._stand_down()
-                self._uncappable.clear()
-                self._uncapped_w.clear()
-                self._update_gauges(None)
+                    await self._stand_down()
+                    self._uncappable.clear()
+                    self._uncapped_w.clear()
+                    self._update_gauges(None)
                 return
             loads = self._job_loads()
             key = (
@@ -529,16 +526,16 @@ class DrController:
             self._uncapped_w.setdefault(job.job_id, job.gpu_power_w)
         candidates: list[tuple[float, str, DrPlan]] = []
         for event in active:
-            decision = self._decisions.get(event.id)
-            if decision is None or decision.baseline_w is None:
+            known = self._decisions.get(event.id)
+            baseline = known.baseline_w if known is not None else None
+            if baseline is None:  # frozen at the first plan of the event
                 baseline = self._baseline_w(min(event.start_s or now_s, now_s))
-                decision = self._decide(event.id, True, "planning", None)
-                decision.baseline_w = baseline
-            decision.active = True
-            target = self._target(event, now_s, loads)
             end_s = event.end_s if event.end_s is not None else now_s
-            plan = plan_dr(target, max(0.0, end_s - now_s), loads, self.rules)
-            self._decide(event.id, plan.opt_in, plan.reason, plan)
+            plan = plan_dr(
+                self._target(event, now_s, loads, baseline), max(0.0, end_s - now_s), loads, self.rules
+            )
+            decision = self._decide(event.id, plan.opt_in, plan.reason, plan)
+            decision.baseline_w, decision.active = baseline, True
             if plan.opt_in:
                 candidates.append((plan.requested_shed_w, event.id, plan))
         if not candidates:
