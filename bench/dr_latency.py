@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import socket
 import statistics
@@ -33,6 +32,7 @@ from greenferry.config import config_from_mapping
 from greenferry.core.jobs import JobSpec, JobState
 from greenferry.daemon.app import NodeDaemon, running_daemon
 from greenferry.daemon.clock import RealClock
+from greenferry.testing.dr_events import simple_event
 from greenferry.testing.fake_nvml import FakeDevice, FakeNvml
 from greenferry.testing.services import Mosquitto
 from greenferry.testing.wait import until
@@ -54,24 +54,6 @@ class _TimedNvml:
     def nvmlDeviceSetPowerManagementLimit(self, handle: Any, limit_mw: int) -> None:  # noqa: N802
         self._module.nvmlDeviceSetPowerManagementLimit(handle, limit_mw)
         self.set_times.append(time.perf_counter())
-
-
-def _iso(time_s: float) -> str:
-    return dt.datetime.fromtimestamp(time_s, dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def _event(event_id: str, start_s: float, cancelled: bool = False) -> bytes:
-    body: dict[str, Any] = {
-        "id": event_id,
-        "programID": "bench",
-        "objectType": "EVENT",
-        "modificationNumber": 1 if cancelled else 0,
-        "intervalPeriod": {"start": _iso(start_s), "duration": "PT1H"},
-        "intervals": [{"id": 0, "payloads": [{"type": "SIMPLE", "values": [1]}]}],
-    }
-    if cancelled:
-        body["cancelled"] = True
-    return json.dumps(body).encode()
 
 
 async def main(events: int, real_nvml: bool, broker_nagle: bool = False) -> dict[str, Any]:
@@ -137,7 +119,7 @@ async def _run(broker: Mosquitto, tmp: Path, events: int, real_nvml: bool) -> di
                 event_id = f"ev-{i}"
                 calls = len(nvml.set_times)
                 sent = time.perf_counter()
-                await client.publish(f"{prefix}/dr", _event(event_id, time.time() - 1), qos=1)
+                await client.publish(f"{prefix}/dr", simple_event(event_id, time.time() - 1, 1), qos=1)
                 await until(
                     lambda n=calls: len(nvml.set_times) > n, 10, f"the cap for {event_id}", poll_s=0.0005
                 )
@@ -147,7 +129,9 @@ async def _run(broker: Mosquitto, tmp: Path, events: int, real_nvml: bool) -> di
                     opted_in += 1
                 elif decision is not None:
                     reasons.append(decision.reason)
-                await client.publish(f"{prefix}/dr", _event(event_id, time.time() - 1, cancelled=True), qos=1)
+                await client.publish(
+                    f"{prefix}/dr", simple_event(event_id, time.time() - 1, 1, cancelled=True), qos=1
+                )
                 await until(
                     lambda: not dr.status()["journaled_gpus"], 10, "the limits restored", poll_s=0.001
                 )

@@ -3,6 +3,7 @@ it, and a limit a crashed daemon left behind is restored at the next start. Need
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -18,6 +19,7 @@ from greenferry.core.dr import parse_dr_event
 from greenferry.core.jobs import JobSpec, JobState
 from greenferry.daemon.app import NodeDaemon, running_daemon
 from greenferry.daemon.dr import CapJournal
+from greenferry.testing.dr_events import simple_event
 from greenferry.testing.wait import until
 
 pytestmark = pytest.mark.gpu
@@ -64,18 +66,7 @@ def _config(tmp_path: Path) -> DaemonConfig:
 
 
 def _event(event_id: str, level: int, *, cancelled: bool = False) -> Any:
-    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
-    body: dict[str, Any] = {
-        "id": event_id,
-        "programID": "gpu",
-        "objectType": "EVENT",
-        "modificationNumber": 1 if cancelled else 0,
-        "intervalPeriod": {"start": start, "duration": "PT1H"},
-        "intervals": [{"id": 0, "payloads": [{"type": "SIMPLE", "values": [level]}]}],
-    }
-    if cancelled:
-        body["cancelled"] = True
-    return parse_dr_event(body)
+    return parse_dr_event(json.loads(simple_event(event_id, time.time() - 1, level, cancelled=cancelled)))
 
 
 async def test_an_event_caps_the_real_card_and_its_end_restores_it(tmp_path: Path, nvml: Any) -> None:

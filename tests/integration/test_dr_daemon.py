@@ -4,8 +4,6 @@ NVML adapter (pynvml faked at the library boundary: there is no GPU here; tests/
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import json
 import sys
 import time
 import uuid
@@ -23,6 +21,7 @@ from greenferry.daemon.app import NodeDaemon, running_daemon
 from greenferry.daemon.clock import RealClock
 from greenferry.daemon.dr import CapJournal
 from greenferry.testing.clock import ManualClock
+from greenferry.testing.dr_events import openadr3_event as event
 from greenferry.testing.fake_nvml import FakeDevice, FakeNvml
 from greenferry.testing.services import Mosquitto
 from greenferry.testing.wait import until as _until
@@ -30,35 +29,6 @@ from greenferry.testing.wait import until as _until
 pytestmark = pytest.mark.integration
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "numpy_job.py"
-
-
-def _iso(time_s: float) -> str:
-    return dt.datetime.fromtimestamp(time_s, dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def event(
-    event_id: str,
-    start_s: float,
-    duration_s: float,
-    payload: dict[str, Any],
-    *,
-    modification: int = 0,
-    units: str | None = None,
-    cancelled: bool = False,
-) -> bytes:
-    body: dict[str, Any] = {
-        "id": event_id,
-        "programID": "greenferry-it",
-        "objectType": "EVENT",
-        "modificationNumber": modification,
-        "intervalPeriod": {"start": _iso(start_s), "duration": f"PT{duration_s:g}S"},
-        "intervals": [{"id": 0, "payloads": [payload]}],
-    }
-    if units is not None:
-        body["payloadDescriptors"] = [{"payloadType": payload["type"], "units": units}]
-    if cancelled:
-        body["cancelled"] = True
-    return json.dumps(body).encode()
 
 
 def _config(tmp_path: Path, broker: Mosquitto, prefix: str, **dr: Any) -> DaemonConfig:

@@ -22,6 +22,7 @@ import pytest
 
 from greenferry.config import DaemonConfig, config_from_mapping
 from greenferry.daemon.app import NodeDaemon, running_daemon
+from greenferry.testing.dr_events import simple_event
 from greenferry.testing.services import Mosquitto, free_port
 
 pytestmark = pytest.mark.integration
@@ -94,19 +95,9 @@ async def _production(broker: Mosquitto, prefix: str, node: str, watts: float) -
 async def _dr(broker: Mosquitto, prefix: str, node: str, *, cancelled: bool) -> None:
     import aiomqtt
 
-    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
-    event: dict[str, Any] = {
-        "id": "elastic-dr",
-        "programID": "it",
-        "objectType": "EVENT",
-        "modificationNumber": int(cancelled),
-        "intervalPeriod": {"start": start, "duration": "PT1H"},
-        "intervals": [{"id": 0, "payloads": [{"type": "SIMPLE", "values": [3]}]}],
-    }
-    if cancelled:
-        event["cancelled"] = True
+    payload = simple_event("elastic-dr", time.time() - 1, 3, cancelled=cancelled)
     async with aiomqtt.Client("127.0.0.1", broker.port) as client:
-        await client.publish(f"{prefix}/sites/{node}/dr", json.dumps(event).encode(), qos=1)
+        await client.publish(f"{prefix}/sites/{node}/dr", payload, qos=1)
 
 
 def _history(daemon: NodeDaemon) -> list[tuple[int, float, int]]:
