@@ -19,7 +19,6 @@ import asyncio
 import json
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,9 +28,9 @@ import aiomqtt
 
 from greenferry.adapters.nvml import NvmlPowerMeter, load_nvml_module
 from greenferry.config import config_from_mapping
-from greenferry.core.jobs import JobSpec, JobState
 from greenferry.daemon.app import NodeDaemon, running_daemon
 from greenferry.daemon.clock import RealClock
+from greenferry.testing.cluster import run_example_job
 from greenferry.testing.dr_events import simple_event
 from greenferry.testing.fake_nvml import FakeDevice, FakeNvml
 from greenferry.testing.services import Mosquitto
@@ -104,17 +103,8 @@ async def _run(broker: Mosquitto, tmp: Path, events: int, real_nvml: bool) -> di
         async with running_daemon(daemon), aiomqtt.Client("127.0.0.1", broker.port) as client:
             # A signal source should send at once: Nagle's algorithm on the publisher adds up to 40 ms.
             client._client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            orchestrator = daemon._components["orchestrator"]
             dr = daemon._components["dr"]
-            spec = JobSpec(
-                name="bench",
-                command=[sys.executable, str(EXAMPLE), "--steps", "100000000", "--step-time-s", "0.01"],
-                gpu_count=2,
-                checkpoint_size_bytes=2**20,
-            )
-            info = await orchestrator.submit(spec)
-            await until(lambda: orchestrator._jobs[info.job_id].state is JobState.RUNNING, 30, "the job")
-            await until(dr.measured_load_w, 10, "a power sample")
+            await run_example_job(daemon, "bench", gpu_count=2)
             for i in range(events):
                 event_id = f"ev-{i}"
                 calls = len(nvml.set_times)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +15,9 @@ import pytest
 from greenferry.adapters.nvml import load_nvml_module
 from greenferry.config import DaemonConfig, config_from_mapping
 from greenferry.core.dr import parse_dr_event
-from greenferry.core.jobs import JobSpec, JobState
 from greenferry.daemon.app import NodeDaemon, running_daemon
 from greenferry.daemon.dr import CapJournal
+from greenferry.testing.cluster import run_example_job
 from greenferry.testing.dr_events import simple_event
 from greenferry.testing.wait import until
 
@@ -75,16 +74,8 @@ async def test_an_event_caps_the_real_card_and_its_end_restores_it(tmp_path: Pat
     low_mw, _ = nvml.nvmlDeviceGetPowerManagementLimitConstraints(handle)
     daemon = NodeDaemon(_config(tmp_path))
     async with running_daemon(daemon):
-        orchestrator, dr = daemon._components["orchestrator"], daemon._components["dr"]
-        spec = JobSpec(
-            name="gpu",
-            command=[sys.executable, str(EXAMPLE), "--steps", "100000000", "--step-time-s", "0.01"],
-            gpu_count=1,
-            checkpoint_size_bytes=2**20,
-        )
-        info = await orchestrator.submit(spec)
-        await until(lambda: orchestrator._jobs[info.job_id].state is JobState.RUNNING, 30, "the job")
-        await until(dr.measured_load_w, 10, "an NVML sample")
+        dr = daemon._components["dr"]
+        await run_example_job(daemon, "gpu")
         dr.submit(_event("gpu-ev", 1))
         await until(lambda: dr.status()["power_caps_w"], 10, "a cap")
         capped_mw = nvml.nvmlDeviceGetPowerManagementLimit(handle)

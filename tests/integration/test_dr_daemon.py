@@ -4,7 +4,6 @@ NVML adapter (pynvml faked at the library boundary: there is no GPU here; tests/
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,11 +15,12 @@ import pytest
 
 from greenferry.adapters.nvml import NvmlPowerMeter
 from greenferry.config import DaemonConfig, config_from_mapping
-from greenferry.core.jobs import JobSpec, JobState
+from greenferry.core.jobs import JobState
 from greenferry.daemon.app import NodeDaemon, running_daemon
 from greenferry.daemon.clock import RealClock
 from greenferry.daemon.dr import CapJournal
 from greenferry.testing.clock import ManualClock
+from greenferry.testing.cluster import run_example_job
 from greenferry.testing.dr_events import openadr3_event as event
 from greenferry.testing.fake_nvml import FakeDevice, FakeNvml
 from greenferry.testing.services import Mosquitto
@@ -63,27 +63,6 @@ def _config(tmp_path: Path, broker: Mosquitto, prefix: str, **dr: Any) -> Daemon
 
 def _devices(**kw: Any) -> list[FakeDevice]:
     return [FakeDevice(power_mw=600_000, follows_limit=True, **kw) for _ in range(2)]
-
-
-def _spec() -> JobSpec:
-    return JobSpec(
-        name="train",
-        command=[
-            sys.executable,
-            str(EXAMPLE),
-            "--steps",
-            "1000000",
-            "--step-time-s",
-            "0.005",
-            "--state-mb",
-            "1",
-            "--report-interval-s",
-            "0.1",
-        ],
-        gpu_count=2,
-        checkpoint_size_bytes=2**20,
-        checkpoint_timeout_s=30,
-    )
 
 
 @pytest.fixture
@@ -136,10 +115,7 @@ async def _publish(broker: Mosquitto, prefix: str, payload: bytes) -> None:
 
 
 async def _running_job(node: Node) -> str:
-    info = await node.orchestrator.submit(_spec())
-    await _until(lambda: node.job_state(info.job_id) is JobState.RUNNING, 30, "the job to run")
-    await _until(node.dr.measured_load_w, 10, "a power sample")
-    return str(info.job_id)
+    return await run_example_job(node.daemon, "train", gpu_count=2)
 
 
 async def test_a_simple_event_caps_the_gpus_and_the_limits_come_back_after_it(

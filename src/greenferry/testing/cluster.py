@@ -23,16 +23,17 @@ from greenferry.core.jobs import JobInfo
 from greenferry.daemon.journal import Journal, MigrationRecord
 from greenferry.testing.netns import NetnsPair
 
-__all__ = ["EXAMPLE_JOB", "NetnsCluster", "example_job_spec"]
+__all__ = ["EXAMPLE_JOB", "NetnsCluster", "example_job_spec", "run_example_job"]
 
 EXAMPLE_JOB = Path(__file__).resolve().parents[3] / "examples" / "numpy_job.py"
 
 
 def example_job_spec(
-    job_id: str, state_mb: int, frozen_mb: int = 0, checkpoint_timeout_s: float = 300
+    job_id: str, state_mb: int, frozen_mb: int = 0, checkpoint_timeout_s: float = 300, gpu_count: int = 1
 ) -> dict[str, Any]:
     """A JobSpec (as a dict) of the numpy example job with a checkpoint of ``state_mb + frozen_mb`` MiB."""
     return {
+        "gpu_count": gpu_count,
         "name": job_id,
         "command": [
             sys.executable,
@@ -51,6 +52,20 @@ def example_job_spec(
         "checkpoint_size_bytes": (state_mb + frozen_mb) * 2**20,
         "checkpoint_timeout_s": checkpoint_timeout_s,
     }
+
+
+async def run_example_job(daemon: Any, name: str, gpu_count: int = 1) -> str:
+    """Submit the numpy example job to an in-process NodeDaemon, wait until it runs and the node's DR
+    controller has a power sample; returns the job id."""
+    from greenferry.core.jobs import JobSpec, JobState
+    from greenferry.testing.wait import until
+
+    orchestrator, dr = daemon._components["orchestrator"], daemon._components["dr"]
+    spec = JobSpec(**example_job_spec(name, state_mb=1, checkpoint_timeout_s=30, gpu_count=gpu_count))
+    info = await orchestrator.submit(spec)
+    await until(lambda: orchestrator._jobs[info.job_id].state is JobState.RUNNING, 30, f"job {name} to run")
+    await until(dr.measured_load_w, 10, "a power sample")
+    return str(info.job_id)
 
 
 _MQTT_PORT = 1883
