@@ -181,8 +181,8 @@ def test_the_destination_is_killed_during_restore_before_the_source_confirmed(cl
     last_step = json.loads(history.read_text())["step"] if history.exists() else moved_step
     assert last_step >= moved_step
     log = job_dir / "job.log"
-    # The new process's log starts after the restarted daemon's banner (the orphan's, before it, may not
-    # have said anything: its output went to the killed daemon).
+    # The new process's log starts after the restarted daemon's banner (the orphan's output, saying it saved
+    # because its daemon was gone, comes before it).
     resumed = cluster.wait_for(
         lambda: re.findall(
             r"resumed from \S+ at step (\d+)", log.read_text().rsplit("--- greenferry:", 1)[-1]

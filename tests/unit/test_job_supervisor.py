@@ -217,7 +217,7 @@ async def test_a_job_that_does_not_checkpoint_is_killed_and_its_previous_checkpo
     assert sorted(p.name for p in job_dir.iterdir()) == ["checkpoint", LOG_NAME]
 
 
-async def test_a_crash_is_reported_with_its_exit_code_and_the_end_of_stderr(tmp_path: Path) -> None:
+async def test_a_crash_is_reported_with_its_exit_code_and_the_end_of_its_log(tmp_path: Path) -> None:
     code = """
     import sys
     print("hello from stdout", flush=True)
@@ -225,7 +225,7 @@ async def test_a_crash_is_reported_with_its_exit_code_and_the_end_of_stderr(tmp_
     1 / 0
     """
     job_dir = tmp_path / "crash"
-    async with JobSupervisor(stderr_tail_bytes=1000) as supervisor:
+    async with JobSupervisor(log_tail_bytes=1000) as supervisor:
         stream = supervisor.events()
         await supervisor.start(_spec("crash", _script(tmp_path, "crash", code)), job_dir, resume=False)
         event = await supervisor.wait("crash")
@@ -447,6 +447,74 @@ async def test_start_errors_are_clear(tmp_path: Path) -> None:
     assert supervisor.running() == []
 
 
+_PRINTER = """
+import time
+import greenferry.job as gf
+
+job = gf.connect(report_interval_s=0)
+step = 0
+while True:
+    if job.checkpoint_requested():
+        job.save(lambda d: (d / "state.txt").write_text(str(step)), step=step)
+        print(f"checkpointed at step {step} ({job.checkpoint_reason})", flush=True)
+        job.exit_checkpointed()
+    step += 1
+    job.report(step=step)
+    time.sleep(0.01)
+    print(f"step {step}", flush=True)
+"""
+
+_DAEMON = """
+import asyncio, sys
+from pathlib import Path
+from greenferry.core.jobs import JobSpec
+from greenferry.daemon.jobs import JobSupervisor
+
+async def main() -> None:
+    job_dir, script, pid_file = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    spec = JobSpec(name="printer", command=[sys.executable, script], checkpoint_size_bytes=0)
+    async with JobSupervisor() as supervisor:
+        await supervisor.start(spec, job_dir, resume=False)
+        pid_file.write_text(str(supervisor.pid("printer")))
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_printing_job_whose_daemon_is_killed_saves_its_checkpoint_and_exits(tmp_path: Path) -> None:
+    """kill -9 of the supervising process: the job's prints do not fail (no pipe to the dead daemon), the SDK
+    sees its daemon gone, saves and says so in its log."""
+    job_dir = tmp_path / "printer"
+    pid_file = tmp_path / "job.pid"
+    daemon = await asyncio.create_subprocess_exec(
+        sys.executable,
+        _script(tmp_path, "daemon", _DAEMON),
+        str(job_dir),
+        _script(tmp_path, "printer", _PRINTER),
+        str(pid_file),
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+    try:
+        async with asyncio.timeout(SAFETY_S):
+            while not (job_dir / LOG_NAME).exists() or "step 3\n" not in (job_dir / LOG_NAME).read_text():
+                await asyncio.sleep(0.01)
+        job_pid = int(pid_file.read_text())
+        daemon.kill()
+        await daemon.wait()
+        assert await _dead(job_pid)
+    finally:
+        if daemon.returncode is None:
+            daemon.kill()
+            await daemon.wait()
+    log = (job_dir / LOG_NAME).read_text()
+    assert "(daemon gone)" in log.splitlines()[-1], log[-2000:]
+    assert "Traceback" not in log
+    meta = read_meta(job_dir / "checkpoint")
+    assert meta is not None
+    assert f"checkpointed at step {meta['step']} (daemon gone)" in log
+
+
 async def test_the_log_rotates_past_its_limit(tmp_path: Path) -> None:
     code = "for i in range(200):\n    print('x' * 99, flush=True)\n"
     async with JobSupervisor(log_max_bytes=5000) as supervisor:
@@ -456,6 +524,32 @@ async def test_the_log_rotates_past_its_limit(tmp_path: Path) -> None:
         await supervisor.wait("chatty")
     assert (tmp_path / "c" / LOG_NAME).stat().st_size <= 5000
     assert (tmp_path / "c" / f"{LOG_NAME}.1").stat().st_size <= 5000
+
+
+async def test_a_running_job_keeps_writing_its_log_after_a_copy_truncate(tmp_path: Path) -> None:
+    code = """
+    import sys, time
+    from pathlib import Path
+    for i in range(100):
+        print('x' * 99, flush=True)
+    while not Path(sys.argv[1]).exists():
+        time.sleep(0.01)
+    print('after the rotation', flush=True)
+    """
+    go = tmp_path / "go"
+    log = tmp_path / "c" / LOG_NAME
+    async with JobSupervisor(log_max_bytes=5000, log_check_interval_s=0.01) as supervisor:
+        await supervisor.start(
+            _spec("chatty", _script(tmp_path, "chatty", code), str(go)), tmp_path / "c", resume=False
+        )
+        async with asyncio.timeout(SAFETY_S):
+            while not (tmp_path / "c" / f"{LOG_NAME}.1").exists() or log.stat().st_size > 5000:
+                await asyncio.sleep(0.01)
+        assert supervisor.is_running("chatty")
+        go.touch()
+        assert (await supervisor.wait("chatty")).kind is JobEventKind.COMPLETED
+    assert log.read_text() == "after the rotation\n"  # appended at the new end, no hole before it
+    assert (tmp_path / "c" / f"{LOG_NAME}.1").read_text().endswith("x" * 99 + "\n")
 
 
 async def test_an_event_stream_drops_progress_but_never_lifecycle_events() -> None:

@@ -7,8 +7,13 @@ one), in a session and process group of its own, with two inherited pipes (the c
 ```
   daemon ── control pipe: b"checkpoint\\n" ─────────────►  job (greenferry.job SDK)
   daemon ◄── status pipe: JSON lines (hello, progress, ... ──  writes <job_dir>/checkpoint/ atomically
-  daemon ◄── stdout, stderr ──► <job_dir>/job.log (+ the last bytes of stderr kept for the failure report)
+             <job_dir>/job.log ◄── stdout, stderr (the file itself, O_APPEND: no pipe through the daemon)
 ```
+
+The job writes its output straight into its log file, so a daemon killed with SIGKILL leaves the job
+writing (a pipe to the dead daemon would fail its next ``print`` with BrokenPipeError before the SDK saw the
+daemon gone and saved); the daemon bounds the file's size by copy-truncate rotation (:func:`rotate_log`),
+which works with writers that append.
 
 The job's exit code says how it ended: 0 completed, 75 checkpointed (a complete checkpoint must be on
 disk), anything else failed. A status line the supervisor does not understand (not JSON, too long, unknown
@@ -36,7 +41,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import IO, Any, Self
+from typing import Any, Self
 
 from greenferry.core.clock import Clock
 from greenferry.core.jobs import JobSpec
@@ -74,6 +79,7 @@ __all__ = [
     "JobSupervisorError",
     "checkpoint_size",
     "leftover_job_processes",
+    "rotate_log",
 ]
 
 logger = logging.getLogger(__name__)
@@ -81,6 +87,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR_NAME = "checkpoint"
 LOG_NAME = "job.log"
 _READ_BYTES = 65536
+_LOG_MARK = b"--- greenferry: starting "  # the banner the supervisor writes at every start
 _MAX_STEP = 2**63 - 1
 _LOGGED_BAD_LINES = 5  # per job; later ones are only counted
 
@@ -176,7 +183,7 @@ class JobEvent:
         progress: the reported fraction done, 0..1 (progress).
         metrics: other reported numbers (progress).
         exit_code: the exit status (exits; negative: killed by that signal).
-        detail: why (failed: the tail of stderr; stopped: the reason).
+        detail: why (failed: the end of its log, stdout and stderr; stopped: the reason).
         checkpoint: the checkpoint left on disk (checkpointed).
         pid: the process id (started).
     """
@@ -381,34 +388,42 @@ async def _read_pipe(fd: int) -> AsyncIterator[bytes]:
         transport.close()
 
 
-class _Log:
-    """The job's log file: appends, rotates once to ``job.log.1`` past ``max_bytes``."""
+def rotate_log(path: Path, max_bytes: int) -> bool:
+    """Copy-truncate ``path`` once it is larger than ``max_bytes``: its last ``max_bytes`` go to ``<path>.1``.
 
-    def __init__(self, path: Path, max_bytes: int) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self._file: IO[bytes] | None = open(path, "ab")  # noqa: SIM115 (closed in close())
-        self._size = self._file.tell()
+    The job keeps its file descriptor (opened ``O_APPEND``), so after the truncation its writes land at the
+    new end of the file. What it writes between the copy and the truncation is lost, as with logrotate's
+    ``copytruncate``. Blocking: call it from a thread in async code.
 
-    def write(self, data: bytes) -> None:
-        while data and self._file is not None:
-            room = self.max_bytes - self._size
-            if room <= 0:
-                self._file.close()
-                self.path.replace(self.path.with_name(self.path.name + ".1"))
-                self._file = open(self.path, "ab")  # noqa: SIM115
-                self._size = 0
-                room = self.max_bytes
-            self._file.write(data[:room])
-            self._size += min(room, len(data))
-            data = data[room:]
-        if self._file is not None:
-            self._file.flush()
+    Returns:
+        Whether the file was rotated.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    if size <= max_bytes:
+        return False
+    rotated = path.with_name(path.name + ".1")
+    partial = path.with_name(path.name + ".1.partial")
+    with open(path, "rb") as source, open(partial, "wb") as copy:
+        source.seek(size - max_bytes)
+        while block := source.read(min(_READ_BYTES, max_bytes - copy.tell())):
+            copy.write(block)
+    os.replace(partial, rotated)
+    os.truncate(path, 0)
+    return True
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+
+def _log_tail(path: Path, start_bytes: int, tail_bytes: int) -> str:
+    """The last ``tail_bytes`` of ``path`` written since offset ``start_bytes`` (this run's output)."""
+    try:
+        with open(path, "rb") as log:
+            size = os.fstat(log.fileno()).st_size
+            log.seek(max(min(start_bytes, size), size - tail_bytes))
+            return log.read(tail_bytes).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 @dataclass(eq=False)
@@ -418,10 +433,10 @@ class _Process:
     checkpoint_dir: Path
     proc: asyncio.subprocess.Process
     control_fd: int | None
-    output_fds: list[int]  # stdout, stderr, status (read ends), until the readers own them
-    log: _Log
+    status_fd: int | None  # the read end, until its reader owns it
+    log_path: Path
+    log_start_bytes: int  # where this run's output starts in the log (0 once it was rotated)
     exited: asyncio.Future[JobEvent]
-    stderr_tail: bytearray = field(default_factory=bytearray)
     progress: JobProgress | None = None
     bad_lines: dict[str, int] = field(default_factory=dict)
     hello: bool = False
@@ -442,11 +457,13 @@ class JobSupervisor:
         shutdown_timeout_s: on exit, the longest the supervisor waits for jobs to checkpoint before it kills
             them (each job also gets no more than its spec's ``checkpoint_timeout_s``).
         checkpoint_on_exit: False kills running jobs on exit instead of asking them to checkpoint.
-        log_max_bytes: the job log rotates to ``job.log.1`` past this size.
+        log_max_bytes: the job log is copy-truncated to ``job.log.1`` past this size (checked every
+            ``log_check_interval_s`` and when the job exits, so it may grow by what the job writes meanwhile).
+        log_check_interval_s: how often a running job's log size is checked.
         max_status_line_bytes: longer status lines are dropped (and counted) without being buffered.
-        stderr_tail_bytes: how much of the end of stderr a failure event carries.
-        drain_timeout_s: after a job exits, how long its pipes may stay open (held by something it spawned
-            in another session) before the supervisor stops reading them.
+        log_tail_bytes: how much of the end of the job's log (its stdout and stderr) a failure event carries.
+        drain_timeout_s: after a job exits, how long its status pipe may stay open (held by something it
+            spawned in another session) before the supervisor stops reading it.
         on_event: called with every event, synchronously (exceptions are logged).
     """
 
@@ -457,13 +474,16 @@ class JobSupervisor:
         shutdown_timeout_s: float = 10.0,
         checkpoint_on_exit: bool = True,
         log_max_bytes: int = 64 * 1024 * 1024,
+        log_check_interval_s: float = 1.0,
         max_status_line_bytes: int = 64 * 1024,
-        stderr_tail_bytes: int = 4096,
+        log_tail_bytes: int = 4096,
         drain_timeout_s: float = 2.0,
         on_event: Callable[[JobEvent], None] | None = None,
     ) -> None:
         if log_max_bytes < 1:
             raise ValueError(f"log_max_bytes must be >= 1, got {log_max_bytes!r}")
+        if not log_check_interval_s > 0:
+            raise ValueError(f"log_check_interval_s must be > 0, got {log_check_interval_s!r}")
         if not shutdown_timeout_s > 0:
             raise ValueError(f"shutdown_timeout_s must be > 0, got {shutdown_timeout_s!r}")
         if max_status_line_bytes < 256:
@@ -472,8 +492,9 @@ class JobSupervisor:
         self.shutdown_timeout_s = shutdown_timeout_s
         self.checkpoint_on_exit = checkpoint_on_exit
         self.log_max_bytes = log_max_bytes
+        self.log_check_interval_s = log_check_interval_s
         self.max_status_line_bytes = max_status_line_bytes
-        self.stderr_tail_bytes = stderr_tail_bytes
+        self.log_tail_bytes = log_tail_bytes
         self.drain_timeout_s = drain_timeout_s
         self.on_event = on_event
         self.bad_status_lines_total = 0
@@ -561,12 +582,8 @@ class JobSupervisor:
         env = {key: value for key, value in os.environ.items() if not key.startswith("GREENFERRY_JOB_")}
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.update(spec.env)
-        # Our own pipes for stdout and stderr: with asyncio's, Process.wait() (Python 3.11) would not return
-        # while something the job spawned still holds them.
         control_r, control_w = os.pipe()
         status_r, status_w = os.pipe()
-        stdout_r, stdout_w = os.pipe()
-        stderr_r, stderr_w = os.pipe()
         env.update(
             {
                 ENV_JOB_ID: job_id,
@@ -576,31 +593,35 @@ class JobSupervisor:
                 ENV_RESUME: "1" if resume else "0",
             }
         )
-        log: _Log | None = None
+        log_path = job_dir / LOG_NAME
+        log_fd: int | None = None
         try:
-            log = _Log(job_dir / LOG_NAME, self.log_max_bytes)
-            log.write(
-                f"--- greenferry: starting {job_id} ({'resume' if resume else 'fresh'}) at "
-                f"{self.clock.now_s():.3f}: {' '.join(spec.command)[:1000]}\n".encode()
+            # The job's stdout and stderr are this file (not a pipe through the daemon): it keeps writing
+            # when the daemon dies. O_APPEND: every write lands at the end, also after a rotation.
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.write(
+                log_fd,
+                _LOG_MARK
+                + f"{job_id} ({'resume' if resume else 'fresh'}) at "
+                f"{self.clock.now_s():.3f}: {' '.join(spec.command)[:1000]}\n".encode(),
             )
+            log_start_bytes = os.fstat(log_fd).st_size
             proc = await asyncio.create_subprocess_exec(
                 *spec.command,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=stdout_w,
-                stderr=stderr_w,
+                stdout=log_fd,
+                stderr=log_fd,
                 cwd=spec.working_dir or job_dir,
                 env=env,
                 pass_fds=(control_r, status_w),
                 start_new_session=True,
             )
         except (OSError, ValueError) as err:
-            for fd in (control_w, status_r, stdout_r, stderr_r):
+            for fd in (control_w, status_r):
                 os.close(fd)
-            if log is not None:
-                log.close()
             raise JobStartError(f"job {job_id}: cannot start {spec.command[0]!r}: {err}") from err
         finally:
-            for fd in (control_r, status_w, stdout_w, stderr_w):
+            for fd in (control_r, status_w, *([log_fd] if log_fd is not None else [])):
                 os.close(fd)
         os.set_blocking(control_w, False)
         job = _Process(
@@ -609,8 +630,9 @@ class JobSupervisor:
             checkpoint_dir=checkpoint_dir,
             proc=proc,
             control_fd=control_w,
-            output_fds=[stdout_r, stderr_r, status_r],
-            log=log,
+            status_fd=status_r,
+            log_path=log_path,
+            log_start_bytes=log_start_bytes,
             exited=asyncio.get_running_loop().create_future(),
         )
         self._jobs[job_id] = job
@@ -799,24 +821,26 @@ class JobSupervisor:
         return await asyncio.shield(job.exited)
 
     async def _watch(self, job: _Process) -> None:
-        """Read the job's pipes until it exits, then decide how it ended and tell everyone."""
+        """Read the job's status pipe and keep its log bounded until it exits, then decide how it ended."""
         loop = asyncio.get_running_loop()
         readers: list[asyncio.Task[None]] = []
+        rotator: asyncio.Task[None] | None = None
         try:
-            stdout_fd, stderr_fd, status_fd = job.output_fds
-            job.output_fds = []  # owned by the readers now
-            readers.append(loop.create_task(self._pump(job, stdout_fd, is_stderr=False)))
-            readers.append(loop.create_task(self._pump(job, stderr_fd, is_stderr=True)))
+            status_fd, job.status_fd = job.status_fd, None  # owned by the reader now
+            assert status_fd is not None
             readers.append(loop.create_task(self._read_status(job, status_fd)))
+            rotator = loop.create_task(self._rotate_while_running(job))
             returncode = await job.proc.wait()
             self._reap_group(job)
             _done, pending = await asyncio.wait(readers, timeout=self.drain_timeout_s)
             for task in pending:
                 task.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+            rotator.cancel()
+            await asyncio.gather(*readers, rotator, return_exceptions=True)
             event = await self._outcome(job, returncode)
+            await self._rotate(job)
         except BaseException as err:
-            for task in readers:
+            for task in [*readers, *([rotator] if rotator is not None else [])]:
                 task.cancel()
             self._kill_group(job, "supervisor error")
             if not job.exited.done():
@@ -827,12 +851,12 @@ class JobSupervisor:
                 return
             raise
         finally:
-            for fd in [*job.output_fds, *([job.control_fd] if job.control_fd is not None else [])]:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            job.output_fds = []
+            for fd in (job.status_fd, job.control_fd):
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            job.status_fd = None
             job.control_fd = None
-            job.log.close()
         self._last_exit[job.job_id] = event
         job.exited.set_result(event)
         self._emit(event)
@@ -898,22 +922,24 @@ class JobSupervisor:
         if returncode == EXIT_COMPLETED:
             logger.info("job %s completed", job.job_id)
             return JobEvent(JobEventKind.COMPLETED, job.job_id, now_s, step=last_step, exit_code=returncode)
-        tail = bytes(job.stderr_tail).decode("utf-8", errors="replace")
+        tail = await asyncio.to_thread(_log_tail, job.log_path, job.log_start_bytes, self.log_tail_bytes)
         logger.warning("job %s failed with exit code %d", job.job_id, returncode)
         return JobEvent(
             JobEventKind.FAILED, job.job_id, now_s, step=last_step, exit_code=returncode, detail=tail
         )
 
-    async def _pump(self, job: _Process, fd: int, *, is_stderr: bool) -> None:
-        """Copy one output stream to the job log (keeping the end of stderr)."""
+    async def _rotate_while_running(self, job: _Process) -> None:
+        while True:
+            await asyncio.sleep(self.log_check_interval_s)
+            await self._rotate(job)
+
+    async def _rotate(self, job: _Process) -> None:
+        """Copy-truncate the job's log once it is past ``log_max_bytes``."""
         try:
-            async for data in _read_pipe(fd):
-                job.log.write(data)
-                if is_stderr:
-                    job.stderr_tail += data
-                    del job.stderr_tail[: -self.stderr_tail_bytes]
+            if await asyncio.to_thread(rotate_log, job.log_path, self.log_max_bytes):
+                job.log_start_bytes = 0
         except OSError as err:
-            logger.warning("job %s: log not written: %s", job.job_id, err)
+            logger.warning("job %s: log %s not rotated: %s", job.job_id, job.log_path, err)
 
     async def _read_status(self, job: _Process, fd: int) -> None:
         """Read status lines until the pipe closes: bounded line length, every bad line counted."""
