@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resumed from {resume} at step {trainer.step}", flush=True)
     else:
         print(f"fresh start (seed {args.seed})", flush=True)
+    job.resumed()  # loaded: the daemon times a restore until this line
 
     def save() -> None:
         job.save(

@@ -10,6 +10,7 @@ and when asked it saves with :meth:`Job.saving` (or :meth:`Job.save`) and leaves
 
     job = greenferry.job.connect()
     state = load(job.resume_path()) if job.resume_path() else fresh_state()
+    job.resumed()  # optional: the first checkpoint_requested() or report() says it too
     while state.step < total_steps:
         if job.checkpoint_requested():
             with job.saving(step=state.step) as tmp_dir:
@@ -28,8 +29,11 @@ The control channel (protocol 1). The daemon sets these environment variables:
   checkpoint, so no job outlives its daemon by more than one step and a save.
 - ``GREENFERRY_JOB_STATUS_FD``: an inherited pipe, job to daemon: one JSON object per line, at most
   :data:`MAX_STATUS_LINE_BYTES` bytes (one atomic pipe write), with a ``"type"`` of ``"hello"``
-  (``protocol``, ``pid``, ``resume_step``), ``"progress"`` (``step``, ``loss``, ``progress`` 0..1,
-  ``metrics``), ``"checkpointed"`` (``step``, ``path``, ``size_bytes``) or ``"completed"`` (``step``).
+  (``protocol``, ``pid``, ``resume_step``), ``"resumed"`` (``step``: the job has loaded its checkpoint, or
+  set itself up fresh with ``null``, and trains from now on; sent once, by :meth:`Job.resumed` or at the
+  latest by the first :meth:`Job.checkpoint_requested` or :meth:`Job.report`), ``"progress"`` (``step``,
+  ``loss``, ``progress`` 0..1, ``metrics``), ``"checkpointed"`` (``step``, ``path``, ``size_bytes``) or
+  ``"completed"`` (``step``). The daemon times a restore (after a migration) until ``"resumed"``.
   Writes never block the training loop: a line the daemon has no room for is dropped.
 - ``GREENFERRY_JOB_RESUME``: ``"1"`` resume from the checkpoint if there is one, ``"0"`` start fresh.
 
@@ -305,6 +309,7 @@ class Job:
         self._last_report_m = -math.inf
         self._last_step: int | None = None
         self._last_checkpoint: CheckpointInfo | None = None
+        self._resumed_sent = False
         found = recover_checkpoint(checkpoint_dir)
         self._resume_path = found if resume else None
         self._resume_meta = read_meta(self._resume_path) if self._resume_path is not None else None
@@ -336,6 +341,17 @@ class Job:
         """The meta file of :meth:`resume_path` (``step``, ``created_s``, ``extra`` ...), or None."""
         return self._resume_meta
 
+    def resumed(self) -> None:
+        """Tell the daemon the job has loaded its checkpoint (or set itself up fresh) and trains from now on.
+
+        Call it when loading is done; the daemon measures a restore until this line. Sent once: later calls
+        do nothing, and the first :meth:`checkpoint_requested` or :meth:`report` sends it if the job did not.
+        """
+        if not self._resumed_sent:
+            self._resumed_sent = True
+            step = self._resume_meta["step"] if self._resume_meta is not None else None
+            self._send({"type": "resumed", "step": step})
+
     def request_checkpoint(self, reason: str = "self") -> None:
         """Make :meth:`checkpoint_requested` answer True (for a job's own reasons, or a signal handler)."""
         if not self._requested.is_set():
@@ -347,6 +363,8 @@ class Job:
 
         Non-blocking and cheap (one read on an empty pipe at most): call it every step.
         """
+        if not self._resumed_sent:  # back in the training loop: loading is over
+            self.resumed()
         if self._requested.is_set():
             return True
         fd = self._control_fd
@@ -393,6 +411,8 @@ class Job:
             JobSDKError: ``step`` is not a non-negative integer.
         """
         step = _step(step, "report")
+        if not self._resumed_sent:
+            self.resumed()
         self._last_step = step
         now_m = time.monotonic()
         if not force and now_m - self._last_report_m < self.report_interval_s:

@@ -303,6 +303,30 @@ def test_hello_then_a_checkpoint_command_split_across_writes(channel: Channel, t
     assert job.checkpoint_requested()  # stays requested
 
 
+def test_resumed_is_said_once_when_loading_is_done(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _complete(tmp_path / "job" / "checkpoint", 4)
+    explicit = Channel(monkeypatch, tmp_path / "job" / "checkpoint")
+    try:
+        job = gf.connect(report_interval_s=0)
+        assert [line["type"] for line in explicit.lines()] == ["hello"]  # loading: not resumed yet
+        job.resumed()
+        job.resumed()
+        assert not job.checkpoint_requested()
+        job.report(step=5)
+        assert [line["type"] for line in explicit.lines()] == ["resumed", "progress"]
+    finally:
+        explicit.close()
+    gf._reset_for_tests()
+    implicit = Channel(monkeypatch, tmp_path / "job" / "checkpoint", resume="0")
+    try:
+        job = gf.connect()
+        implicit.lines()
+        assert not job.checkpoint_requested()  # back in the training loop: loading is over
+        assert implicit.lines() == [{"type": "resumed", "step": None}]
+    finally:
+        implicit.close()
+
+
 def test_the_daemon_going_away_is_a_checkpoint_request(channel: Channel) -> None:
     job = gf.connect()
     os.close(channel.control_w)
@@ -321,6 +345,7 @@ def test_a_closed_status_pipe_is_a_checkpoint_request(channel: Channel) -> None:
 def test_reports_are_rate_limited_and_clean(channel: Channel) -> None:
     gf._reset_for_tests()
     job = gf.connect(report_interval_s=3600)
+    job.resumed()
     channel.lines()
     metrics = {f"m{i}": float(i) for i in range(MAX_METRICS + 10)}
     assert job.report(step=1, loss=float("nan"), progress=1.5, text="no", inf=float("inf"), **metrics)
@@ -344,6 +369,7 @@ def test_reports_are_rate_limited_and_clean(channel: Channel) -> None:
 
 def test_numpy_scalars_are_numbers(channel: Channel) -> None:
     job = gf.connect(report_interval_s=0)
+    job.resumed()
     channel.lines()
     assert job.report(step=np.int64(5), loss=np.float32(0.5), progress=np.float64(0.25), lr=np.float16(0.125))
     [line] = channel.lines()
@@ -355,6 +381,7 @@ def test_numpy_scalars_are_numbers(channel: Channel) -> None:
 
 def test_a_full_status_pipe_drops_lines_instead_of_blocking(channel: Channel) -> None:
     job = gf.connect(report_interval_s=0)
+    job.resumed()
     os.set_blocking(channel.status_w, False)
     written = 0
     with contextlib.suppress(BlockingIOError):

@@ -447,6 +447,47 @@ async def test_start_errors_are_clear(tmp_path: Path) -> None:
     assert supervisor.running() == []
 
 
+_LOADS_UNTIL = """
+import json, os, sys, time
+from pathlib import Path
+import greenferry.job as gf
+
+if sys.argv[1] == "raw-progress":  # an SDK that does not know the resumed line
+    os.write(int(os.environ["GREENFERRY_JOB_STATUS_FD"]), b'{"type": "progress", "step": 1}\\n')
+    time.sleep(600)
+job = gf.connect(report_interval_s=0)
+while not Path(sys.argv[1]).exists():  # loading its checkpoint
+    time.sleep(0.01)
+job.resumed()
+while not job.checkpoint_requested():
+    time.sleep(0.01)
+"""
+
+
+async def test_a_job_has_resumed_once_it_says_so_or_reports_progress(tmp_path: Path) -> None:
+    loaded = tmp_path / "loaded"
+    script = _script(tmp_path, "loads", _LOADS_UNTIL)
+    async with JobSupervisor() as supervisor:
+        stream = supervisor.events()
+        await supervisor.start(_spec("sdk", script, str(loaded)), tmp_path / "sdk", resume=False)
+        await supervisor.start(_spec("old", script, "raw-progress"), tmp_path / "old", resume=False)
+        await supervisor.start(
+            _spec("plain", "-c", "import time; time.sleep(600)"), tmp_path / "plain", resume=False
+        )
+        assert await supervisor.wait_resumed("sdk", 0.2) is None  # still loading
+        loaded.touch()
+        after_s = await supervisor.wait_resumed("sdk", SAFETY_S)
+        assert after_s is not None
+        event = await _until(stream, lambda e: e.kind is JobEventKind.RESUMED and e.job_id == "sdk")
+        assert event.after_s == after_s
+        assert await supervisor.wait_resumed("old", SAFETY_S) is not None  # its first progress report
+        assert await supervisor.wait_resumed("plain", 0.2) is None  # says nothing
+        await supervisor.stop("plain")
+        assert await supervisor.wait_resumed("plain", SAFETY_S) is None  # exited without
+        assert await supervisor.wait_resumed("never-ran", SAFETY_S) is None
+        await supervisor.stop("old")
+
+
 _PRINTER = """
 import time
 import greenferry.job as gf

@@ -128,6 +128,7 @@ class JobEventKind(enum.StrEnum):
     """What happened to a job's process."""
 
     STARTED = "started"
+    RESUMED = "resumed"  # the job said it loaded its checkpoint (or, without saying so, reported progress)
     PROGRESS = "progress"
     CHECKPOINTED = "checkpointed"  # exited 75 with a complete checkpoint on disk
     COMPLETED = "completed"  # exited 0
@@ -186,6 +187,8 @@ class JobEvent:
         detail: why (failed: the end of its log, stdout and stderr; stopped: the reason).
         checkpoint: the checkpoint left on disk (checkpointed).
         pid: the process id (started).
+        after_s: seconds from the process's start to its ``resumed`` status line, or to its first progress
+            report when it sends none (resumed).
     """
 
     kind: JobEventKind
@@ -199,6 +202,7 @@ class JobEvent:
     detail: str = ""
     checkpoint: CheckpointResult | None = None
     pid: int | None = None
+    after_s: float | None = None
 
 
 class JobEventStream:
@@ -279,7 +283,7 @@ def _parse_status(line: bytes) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise _BadLineError("not_object")
     kind = message.get("type")
-    if kind not in {"hello", "progress", "checkpointed", "completed"}:
+    if kind not in {"hello", "resumed", "progress", "checkpointed", "completed"}:
         raise _BadLineError("unknown_type")
     step = message.get("step")
     if step is not None and (
@@ -437,6 +441,8 @@ class _Process:
     log_path: Path
     log_start_bytes: int  # where this run's output starts in the log (0 once it was rotated)
     exited: asyncio.Future[JobEvent]
+    started_m: float
+    resumed: asyncio.Future[float | None]  # seconds from the start to the resumed signal; None: exited first
     progress: JobProgress | None = None
     bad_lines: dict[str, int] = field(default_factory=dict)
     hello: bool = False
@@ -634,6 +640,8 @@ class JobSupervisor:
             log_path=log_path,
             log_start_bytes=log_start_bytes,
             exited=asyncio.get_running_loop().create_future(),
+            started_m=self.clock.monotonic_s(),
+            resumed=asyncio.get_running_loop().create_future(),
         )
         self._jobs[job_id] = job
         self._last_exit.pop(job_id, None)
@@ -735,6 +743,25 @@ class JobSupervisor:
         if job is None:
             raise JobNotRunningError(f"job {job_id} has not run here")
         return await asyncio.shield(job.exited)
+
+    async def wait_resumed(self, job_id: str, timeout_s: float) -> float | None:
+        """Wait (at most ``timeout_s``) until the job's current process says it resumed.
+
+        The signal is the SDK's ``resumed`` status line; a job that sends none resumed at its first progress
+        report, and a job that reports nothing never says (e.g. a program without the SDK).
+
+        Returns:
+            Seconds from the process's start to that signal; None when it did not come in time, the process
+            exited first, or the job never ran here.
+        """
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.shield(job.resumed)
+        except TimeoutError:
+            return None
 
     def progress(self, job_id: str) -> JobProgress | None:
         """The last progress the job reported (in its current or last run), or None."""
@@ -851,6 +878,8 @@ class JobSupervisor:
                 return
             raise
         finally:
+            if not job.resumed.done():
+                job.resumed.set_result(None)
             for fd in (job.status_fd, job.control_fd):
                 if fd is not None:
                     with contextlib.suppress(OSError):
@@ -967,6 +996,14 @@ class JobSupervisor:
         except Exception:  # the top of this job's status loop: the job keeps running, unread
             logger.exception("job %s: status channel failed", job.job_id)
 
+    def _resumed(self, job: _Process) -> None:
+        if job.resumed.done():
+            return
+        after_s = self.clock.monotonic_s() - job.started_m
+        job.resumed.set_result(after_s)
+        logger.debug("job %s resumed %.3f s after its start", job.job_id, after_s)
+        self._emit(JobEvent(JobEventKind.RESUMED, job.job_id, self.clock.now_s(), after_s=after_s))
+
     def _bad_line(self, job: _Process, reason: str) -> None:
         count = sum(job.bad_lines.values())
         job.bad_lines[reason] = job.bad_lines.get(reason, 0) + 1
@@ -986,7 +1023,10 @@ class JobSupervisor:
         if kind == "hello":
             job.hello = True
             logger.debug("job %s: SDK connected (%s)", job.job_id, message)
+        elif kind == "resumed":
+            self._resumed(job)
         elif kind == "progress":
+            self._resumed(job)  # a job that does not say it resumed has, once it reports progress
             now_s = self.clock.now_s()
             job.progress = JobProgress(
                 message["step"], message["loss"], message["progress"], message["metrics"], now_s
