@@ -5,12 +5,13 @@ TLS, the numpy example job with a checkpoint of each size. For every (size, rate
 
 - goodput / shaped rate of the chunk transfer (target >= 0.95);
 - predicted migration time (from the offer, with the link's rate as the bandwidth estimate) against the
-  actual time from offer to release (target within 10 %);
-- downtime (job asked to stop -> running at the destination) against a plain stop-copy-restore of the same
+  actual time from the offer until the job resumed at the destination (target within 10 %);
+- downtime (job asked to stop -> resumed at the destination) against a plain stop-copy-restore of the same
   checkpoint: its write time, one TCP stream copying the bytes over the same link, and the restore;
-- every job moves a -> b, then back b -> a: the second move predicts with the checkpoint and restore times
-  the first measured; with ``--frozen`` a fine-tuning-style job (2 % of it changes, the rest is frozen)
-  shows the bytes the second move sends / the full checkpoint (target <= 5 %).
+- every job moves a -> b, then back b -> a: the second move predicts with the checkpoint, manifest, rebuild
+  and restore times the first measured and the bytes a's chunk cache lacks; with ``--frozen`` a
+  fine-tuning-style job (2 % of it changes, the rest is frozen) shows the bytes the second move sends / the
+  full checkpoint (target <= 5 %).
 
 Needs root (ip netns). Usage: sudo python bench/migration.py [--quick] [--frozen]
 """

@@ -8,6 +8,7 @@ power meter is the hardware-profile model (there is no GPU here).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -20,10 +21,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from greenferry.adapters.local_api import JobConflictError
 from greenferry.config import DaemonConfig, config_from_mapping
 from greenferry.core.jobs import JobInfo, JobSpec, JobState
 from greenferry.daemon.app import NodeDaemon, running_daemon
-from greenferry.daemon.journal import MigrationStep
+from greenferry.daemon.journal import MigrationRole, MigrationStep
 from greenferry.testing.services import Mosquitto
 from greenferry.testing.wait import until as _until
 
@@ -114,6 +116,19 @@ def _windows(power_w: float, hours: float) -> bytes:
     return json.dumps([{"start": now - 60, "end": now + hours * 3600, "power_w": power_w}]).encode()
 
 
+def _surplus_at_b_only(broker: Mosquitto, prefix: str) -> None:
+    """Node a has no surplus; node b has 5 kW for the next six hours."""
+    _publish_retained(
+        broker,
+        {
+            f"{prefix}/sites/a/production_w": b"0",
+            f"{prefix}/sites/a/forecast": b"[]",
+            f"{prefix}/sites/b/production_w": b"5000",
+            f"{prefix}/sites/b/forecast": _windows(5000.0, 6),
+        },
+    )
+
+
 @pytest.fixture
 def prefix() -> str:
     return f"gfm/{uuid.uuid4().hex[:10]}"
@@ -123,16 +138,7 @@ def prefix() -> str:
 async def two_nodes(
     tmp_path: Path, mosquitto: Mosquitto, prefix: str
 ) -> AsyncIterator[tuple[NodeDaemon, NodeDaemon]]:
-    # Node a has no surplus; node b has 5 kW for the next six hours.
-    _publish_retained(
-        mosquitto,
-        {
-            f"{prefix}/sites/a/production_w": b"0",
-            f"{prefix}/sites/a/forecast": b"[]",
-            f"{prefix}/sites/b/production_w": b"5000",
-            f"{prefix}/sites/b/forecast": _windows(5000.0, 6),
-        },
-    )
+    _surplus_at_b_only(mosquitto, prefix)
     a = NodeDaemon(_config(tmp_path, mosquitto, prefix, "a"))
     b = NodeDaemon(_config(tmp_path, mosquitto, prefix, "b"))
     async with running_daemon(a), running_daemon(b):
@@ -320,3 +326,117 @@ async def test_a_replayed_commit_is_refused(two_nodes: tuple[NodeDaemon, NodeDae
         await orch_b.on_commit("a", record.migration_id, Commit(epoch=1))
     assert err.value.status in (404, 409)  # reservation gone, or (before the confirm) already started
     assert orch_b.supervisor.running() == ["replay-1"]
+
+
+async def test_a_cached_move_fits_a_window_the_whole_checkpoint_would_not(
+    tmp_path: Path, mosquitto: Mosquitto, prefix: str
+) -> None:
+    """At 40 kbit/s (the assumed bandwidth: neither node has sent to the other) the 6 MiB checkpoint takes
+    about 1,400 s to send, which b's 6 h window allows (alpha 0.1: 2,160 s) and a's 1 h window does not
+    (360 s). Moved back to a, whose chunk cache still holds all but the changing part, it fits: b asks a
+    what it holds before it predicts, and a's feasibility check sees the bytes to send."""
+    _surplus_at_b_only(mosquitto, prefix)
+    slow = {"peer": {"default_bandwidth_bps": 40e3}}
+    a = NodeDaemon(_config(tmp_path, mosquitto, prefix, "a", slow))
+    b = NodeDaemon(_config(tmp_path, mosquitto, prefix, "b", slow))
+    async with running_daemon(a), running_daemon(b):
+        orch_a = a._components["orchestrator"]
+        orch_b = b._components["orchestrator"]
+        await _until(lambda: orch_a.directory.get("b", a.clock.monotonic_s()), 10, "a to hear b")
+        await orch_a.submit(_spec("cached-1"))
+        await _until(
+            lambda: (i := _job(b, "cached-1")) is not None and i.state is JobState.RUNNING, 60, "a -> b"
+        )
+        (out,) = orch_a.journal.migrations(job_id="cached-1")
+        assert out.data["held_bytes"] == 0  # nothing cached at b: the whole checkpoint
+        _publish_retained(
+            mosquitto,
+            {f"{prefix}/sites/a/production_w": b"5000", f"{prefix}/sites/a/forecast": _windows(5000.0, 1)},
+        )
+        await _until(lambda: orch_a._window_ahead_s(1000.0) >= 3600, 10, "a to receive its window")
+        await _until(lambda: orch_b.directory.get("a", b.clock.monotonic_s()), 10, "b to hear a")
+        with contextlib.suppress(JobConflictError):  # b's own policy may have started the move already
+            await orch_b.migrate("cached-1", "a")
+        back = await _until(
+            lambda: (i := _job(a, "cached-1")) is not None and i.state is JobState.RUNNING and i,
+            60,
+            "b -> a into a's shorter window",
+        )
+        assert back.epoch == 2
+        (home,) = [m for m in orch_b.journal.migrations(job_id="cached-1") if m.role is MigrationRole.SOURCE]
+        assert home.step is MigrationStep.RELEASED
+        size = int(home.data["total_bytes"])
+        assert home.data["held_bytes"] > 0.9 * size  # a holds every chunk of the checkpoint it sent
+        assert home.data["predicted_send_bytes"] < size // 2
+        assert home.data["bytes_sent"] < size // 2  # the frozen part stayed where it was
+
+
+_SLOW_LOAD = """
+import sys, time
+from pathlib import Path
+import greenferry.job as gf
+
+job = gf.connect(report_interval_s=0.1)
+step = 0
+if job.resume_path() is not None:
+    step = job.resume_meta()["step"]
+    while not Path(sys.argv[1]).exists():  # loading a large checkpoint
+        time.sleep(0.01)
+job.resumed()
+while True:
+    if job.checkpoint_requested():
+        job.save(lambda d: (d / "state.bin").write_bytes(str(step).encode() * 100000), step=step)
+        job.exit_checkpointed()
+    step += 1
+    job.report(step=step)
+    time.sleep(0.005)
+"""
+
+
+async def test_a_move_times_the_restore_until_the_job_resumed_and_carries_every_phase(
+    tmp_path: Path, two_nodes: tuple[NodeDaemon, NodeDaemon]
+) -> None:
+    a, b = two_nodes
+    orch_a = a._components["orchestrator"]
+    orch_b = b._components["orchestrator"]
+    loaded = tmp_path / "loaded"
+    script = tmp_path / "slow_load.py"
+    script.write_text(_SLOW_LOAD)
+    spec = JobSpec(
+        name="slow-load-1",
+        command=[sys.executable, str(script), str(loaded)],
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
+        checkpoint_size_bytes=2**20,
+        checkpoint_timeout_s=30,
+    )
+    await _until(lambda: orch_a.directory.get("b", a.clock.monotonic_s()), 10, "a to hear b")
+    await orch_a.submit(spec)
+    await _until(lambda: orch_b.supervisor.is_running("slow-load-1"), 60, "the job to start on b")
+    # Its process runs at b but is still loading: the restore is not measured yet, and a still waits (in
+    # the confirm) to hear that it resumed.
+    arrival = orch_b._local_of("slow-load-1").arrival
+    assert arrival is not None
+    assert arrival.restore_s is None
+    (dst,) = orch_b.journal.migrations(job_id="slow-load-1")
+    assert "restore_s" not in dst.data
+    loaded.touch()
+    src = await _until(
+        lambda: (m := orch_a.journal.migrations(job_id="slow-load-1")[0]).data.get("resumed") and m,
+        60,
+        "a to hear that the job resumed at b",
+    )
+    measured_s = orch_b._local_of("slow-load-1").restore_s
+    assert measured_s is not None
+    assert measured_s > arrival.spawn_s  # until it said so, not until its process ran
+    assert src.data["restore_s"] == measured_s
+    (dst,) = orch_b.journal.migrations(job_id="slow-load-1")
+    assert dst.data["restore_s"] == measured_s
+    assert src.data["total_s"] > measured_s  # the move ran until the job trained again at b
+    # The phases a's move measured travelled with the job: b predicts its next move with all of them.
+    local = orch_b._local_of("slow-load-1")
+    assert local.manifest_s == src.data["manifest_s"]
+    assert local.rebuild_s == src.data["rebuild_s"]
+    assert local.checkpoint_s is not None
+    assert orch_b.predicted_migration_s(0, "a", "slow-load-1") == pytest.approx(
+        local.checkpoint_s + local.manifest_s + local.rebuild_s + measured_s
+    )

@@ -17,7 +17,7 @@ def test_the_file_matches_the_models() -> None:
 
 def test_every_route_of_the_server_is_documented() -> None:
     paths = openapi_document()["paths"]
-    for route in ("/v1/info", "/v1/migrations", "/v1/migrations/{migration_id}/commit"):
+    for route in ("/v1/info", "/v1/chunks/held", "/v1/migrations", "/v1/migrations/{migration_id}/commit"):
         assert route in paths
     offer = yaml.safe_load(PAGE.read_text())["components"]["schemas"]["Offer"]
     assert {"migration_id", "job", "epoch", "checkpoint_bytes"} <= set(offer["required"])

@@ -35,6 +35,7 @@ from greenferry.config import DaemonConfig
 from greenferry.core.clock import Clock
 from greenferry.core.events import JobProgressed, MigrationEnded
 from greenferry.core.jobs import ACTIVE_STATES, TERMINAL_STATES, JobInfo, JobSpec, JobState, transition
+from greenferry.core.manifest import ChunkRef
 from greenferry.core.peers import (
     ADVERT_VERSION,
     NodeAdvert,
@@ -45,7 +46,19 @@ from greenferry.core.peers import (
     job_view,
     parse_advert,
 )
-from greenferry.core.protocol import Abort, Commit, CommitReply, MigrationStatus, Offer, OfferReply, Prepare
+from greenferry.core.protocol import (
+    Abort,
+    Commit,
+    CommitReply,
+    Confirm,
+    ConfirmReply,
+    HeldQuery,
+    HeldReply,
+    MigrationStatus,
+    Offer,
+    OfferReply,
+    Prepare,
+)
 from greenferry.core.signals import SignalBoard, SignalKind, SurplusWindow
 from greenferry.daemon.bus import EventBus
 from greenferry.daemon.jobs import JobEvent, JobEventKind, JobSupervisor
@@ -63,6 +76,8 @@ logger = logging.getLogger(__name__)
 
 _BANDWIDTH_EWMA = 0.5  # weight of the newest measured transfer in the bandwidth estimate
 _RETRY_AFTER_ABORT_S = 600.0  # a destination that failed a job's move is not tried again for it this long
+_MAX_RESUME_WAIT_S = 60.0  # the longest a source waits (in the confirm) to hear that the job resumed
+_MAX_MEASURED_S = 86400.0  # measured durations travel in messages that bound them to a day
 
 
 @dataclass(slots=True)
@@ -89,6 +104,16 @@ class _Reservation:
     expires_m: float  # this node's monotonic time
     started: bool = False
     confirm_task: asyncio.Task[None] | None = None
+    chunks: tuple[ChunkRef, ...] = ()  # the distinct chunks of the prepared manifest
+
+
+@dataclass(slots=True)
+class _Arrival:
+    """A job started here for a commit: its restore is timed until it says it resumed."""
+
+    migration_id: str
+    spawn_s: float  # commit received -> its process ran
+    restore_s: float | None = None  # commit received -> it said it resumed
 
 
 @dataclass(slots=True)
@@ -98,8 +123,14 @@ class _Local:
     last_migration_m: float = -math.inf
     busy: bool = False  # a checkpoint or a migration is under way
     progress: float | None = None
-    checkpoint_s: float | None = None  # measured, travels with the job (Commit)
-    restore_s: float | None = None
+    # What the job's moves measured; it travels with the job (Commit) and predicts its next move.
+    checkpoint_s: float | None = None  # the job checkpointing
+    manifest_s: float | None = None  # the source building the manifest (hashing every chunk)
+    rebuild_s: float | None = None  # the prepare: the destination checking and rebuilding the checkpoint
+    restore_s: float | None = None  # commit -> the job said it resumed at the destination
+    changed_bytes: int | None = None  # chunk bytes of a checkpoint that the one before it did not hold
+    chunks: tuple[ChunkRef, ...] = ()  # the distinct chunks of its last checkpoint here (not across restarts)
+    arrival: _Arrival | None = None
 
 
 @dataclass(slots=True)
@@ -507,6 +538,13 @@ class Orchestrator:
             return
         local = self._local_of(event.job_id)
         kind = event.kind
+        if kind in (
+            JobEventKind.CHECKPOINTED,
+            JobEventKind.COMPLETED,
+            JobEventKind.FAILED,
+            JobEventKind.STOPPED,
+        ):
+            local.arrival = None  # a restore is timed for the process started for the commit only
         updates: dict[str, Any]
         if kind is JobEventKind.PROGRESS:
             step = int(event.step) if event.step is not None else None
@@ -524,6 +562,8 @@ class Orchestrator:
                 )
         elif kind is JobEventKind.STARTED and info.state is JobState.STARTING:
             self._put(info.model_copy(update={"state": JobState.RUNNING}))
+        elif kind is JobEventKind.RESUMED and event.after_s is not None:
+            self._note_resumed(event.job_id, event.after_s)
         elif kind is JobEventKind.COMPLETED and info.state in ACTIVE_STATES:
             self._put(
                 info.model_copy(
@@ -724,14 +764,48 @@ class Orchestrator:
         default = self.config.peer.default_bandwidth_bps if self.config.peer is not None else 100e6
         return self._bandwidth_bps.get(node, default)
 
-    def predicted_migration_s(self, size_bytes: float, node: str, job_id: str | None = None) -> float:
-        """T_ckpt + 8 S / (eta B) + T_restore: measured bandwidth to ``node``, and the job's own measured
-        checkpoint and restore times once it has had them (the configured ones before)."""
+    def predicted_migration_s(self, send_bytes: float, node: str, job_id: str | None = None) -> float:
+        """T_ckpt + T_manifest + 8 S_send / (eta B) + T_rebuild + T_restore, for sending ``send_bytes``.
+
+        The measured bandwidth to ``node``; the job's own measured checkpoint, manifest, rebuild and restore
+        (until it resumed) times once a move of it had them: before, the configured checkpoint and restore
+        times, and no manifest or rebuild time.
+        """
         p = self._params
+        local = self._local.get(job_id) if job_id is not None else None
         checkpoint_s, restore_s = (
             self.job_timings_s(job_id) if job_id is not None else (p.checkpoint_write_s, p.restore_s)
         )
-        return checkpoint_s + 8 * size_bytes / (p.transfer_efficiency * self._bandwidth_to(node)) + restore_s
+        manifest_s = local.manifest_s if local is not None and local.manifest_s is not None else 0.0
+        rebuild_s = local.rebuild_s if local is not None and local.rebuild_s is not None else 0.0
+        transfer_s = 8 * send_bytes / (p.transfer_efficiency * self._bandwidth_to(node))
+        return checkpoint_s + manifest_s + transfer_s + rebuild_s + restore_s
+
+    async def _bytes_to_send(self, job_id: str, url: str, size_bytes: int) -> tuple[int, int]:
+        """(bytes the destination holds of the job's last checkpoint, bytes a move there should send).
+
+        Asks the destination (POST /v1/chunks/held) about the chunks of the job's last checkpoint here. The
+        new checkpoint is that one with ``changed_bytes`` changed (as the job's last move measured; none
+        before): the move sends what the destination lacks of it, plus what changed. Without a manifest
+        here (the job never moved, or this daemon restarted) or an answer (a peer without the route), all.
+        """
+        local = self._local_of(job_id)
+        if not local.chunks or self.peer_client is None:
+            return 0, size_bytes
+        try:
+            held_bytes = await self.peer_client.held_bytes(url, local.chunks)
+        except (ServiceUnavailableError, PeerRequestError, GreenferryError) as err:
+            logger.info(
+                "job %s: no answer about cached chunks from %s (%s): predicting all", job_id, url, err
+            )
+            return 0, size_bytes
+        return held_bytes, min(size_bytes, max(0, size_bytes - held_bytes) + (local.changed_bytes or 0))
+
+    def _remember_chunks(self, job_id: str, chunks: tuple[ChunkRef, ...], changed_bytes: int | None) -> None:
+        local = self._local_of(job_id)
+        local.chunks = chunks
+        if changed_bytes is not None:
+            local.changed_bytes = changed_bytes
 
     # ------------------------------------------------------------------------------- source side
 
@@ -751,7 +825,9 @@ class Orchestrator:
         client = self.peer_client
         mig = self.config.migration
         size = int(info.checkpoint_bytes or info.spec.checkpoint_size_bytes)
-        predicted = self.predicted_migration_s(size, dst, info.job_id)
+        local = self._local_of(info.job_id)
+        held, send = await self._bytes_to_send(info.job_id, url, size)
+        predicted = self.predicted_migration_s(send, dst, info.job_id)
         deadline_in = predicted * mig.deadline_factor + mig.slack_s
         mid = uuid.uuid4().hex
         started_m = self.clock.monotonic_s()
@@ -762,6 +838,7 @@ class Orchestrator:
             epoch=info.epoch,
             step=info.checkpoint_step,
             checkpoint_bytes=size,
+            send_bytes=send,
             predicted_migration_s=predicted,
             deadline_in_s=deadline_in,
         )
@@ -790,7 +867,13 @@ class Orchestrator:
                 MigrationStep.OFFERED,
                 info.epoch,
                 fence_s,
-                {"url": url, "predicted_s": predicted, "deadline_in_s": deadline_in},
+                {
+                    "url": url,
+                    "predicted_s": predicted,
+                    "deadline_in_s": deadline_in,
+                    "held_bytes": held,
+                    "predicted_send_bytes": send,
+                },
             ),
             self.clock.now_s(),
         )
@@ -816,6 +899,13 @@ class Orchestrator:
                 manifest = await self._build_manifest(ckpt_dir, info)
                 progress.total_bytes = int(manifest.total_bytes)
                 t_send = self.clock.monotonic_s()
+                local.manifest_s = t_send - t_ckpt
+                before = {chunk.sha256 for chunk in local.chunks}
+                self._remember_chunks(
+                    info.job_id,
+                    tuple(manifest.distinct_chunks()),
+                    manifest.missing_bytes(before) if before else None,
+                )
                 stats = await self._send(url, mid, manifest, progress)
                 record = self.journal.advance(
                     record,
@@ -830,6 +920,7 @@ class Orchestrator:
                     goodput_bps=stats.goodput_bps,
                 )
                 progress.phase = "restoring"
+                t_prepare = self.clock.monotonic_s()
                 signature = self._sign(manifest)
                 await client.prepare(
                     url,
@@ -837,11 +928,13 @@ class Orchestrator:
                     Prepare(manifest=manifest.model_dump(mode="json"), signature_b64=signature),
                     timeout_s=max(client.request_timeout_s, deadline_in),
                 )
+                local.rebuild_s = self.clock.monotonic_s() - t_prepare
                 record = self.journal.advance(
                     record,
                     MigrationStep.PREPARED,
                     self.clock.now_s(),
                     prepare_s=self.clock.monotonic_s() - t_send,
+                    rebuild_s=local.rebuild_s,
                 )
         except (TimeoutError, GreenferryError, PeerRequestError, OSError) as err:
             await self._abort_source(record, f"{type(err).__name__}: {err}", size)
@@ -860,7 +953,11 @@ class Orchestrator:
                     epoch=info.epoch + 1,
                     step=info.checkpoint_step,
                     checkpoint_bytes=info.checkpoint_bytes,
-                    checkpoint_s=self._local_of(info.job_id).checkpoint_s,
+                    checkpoint_s=_bounded_s(local.checkpoint_s),
+                    restore_s=_bounded_s(local.restore_s),
+                    manifest_s=_bounded_s(local.manifest_s),
+                    rebuild_s=_bounded_s(local.rebuild_s),
+                    changed_bytes=local.changed_bytes,
                 ),
                 timeout_s=client.request_timeout_s + 4 * self.config.migration.restore_s,
             )
@@ -872,8 +969,6 @@ class Orchestrator:
             await self._resolve_commit(record)
             return
         if reply_c.running:
-            if reply_c.restore_s is not None:
-                self._local_of(info.job_id).restore_s = reply_c.restore_s
             now_m = self.clock.monotonic_s()
             record = self.journal.advance(
                 record,
@@ -882,7 +977,22 @@ class Orchestrator:
                 total_s=now_m - started_m,
                 downtime_s=now_m - t_stop,
             )
-            await self._released(record, int(stats.bytes_sent), now_m - started_m)
+            # The move ends when the job trains again at the destination: the confirm asks it to answer
+            # then (bounded), and the record's times run to that answer when it came in time.
+            resume_wait_s = min(_MAX_RESUME_WAIT_S, 2 * self.job_timings_s(info.job_id)[1] + 1)
+            confirmed = await self._released(record, int(stats.bytes_sent), now_m - started_m, resume_wait_s)
+            released = self.journal.migration(mid)
+            if confirmed is not None and confirmed.resumed and released is not None:
+                now_m = self.clock.monotonic_s()
+                self.journal.advance(
+                    released,
+                    released.step,
+                    self.clock.now_s(),
+                    total_s=now_m - started_m,
+                    downtime_s=now_m - t_stop,
+                    restore_s=confirmed.restore_s,
+                    resumed=True,
+                )
         else:
             await self._abort_source(record, f"destination did not start it: {reply_c.reason}", size)
 
@@ -938,8 +1048,14 @@ class Orchestrator:
             )
         return stats
 
-    async def _released(self, record: MigrationRecord, size_bytes: int, duration_s: float) -> None:
-        """The destination runs the job: let go (the job's record first, then the migration's), confirm."""
+    async def _released(
+        self, record: MigrationRecord, size_bytes: int, duration_s: float, resume_wait_s: float = 0.0
+    ) -> ConfirmReply | None:
+        """The destination runs the job: let go (the job's record first, then the migration's), confirm.
+
+        Returns:
+            The destination's answer to the confirm (None when it did not answer).
+        """
         info = self._jobs.get(record.job_id)
         if info is not None and info.node == self.node:
             self._put(
@@ -965,15 +1081,17 @@ class Orchestrator:
         )
         logger.info("job %s migrated to %s (epoch %d)", record.job_id, record.peer, record.epoch + 1)
         url = str(record.data.get("url", ""))
+        confirmed = None
         if self.peer_client is not None and url:
             for _ in range(5):
                 try:
-                    await self.peer_client.confirm(url, record.migration_id)
+                    confirmed = await self.peer_client.confirm(url, record.migration_id, resume_wait_s)
                     break
                 except (ServiceUnavailableError, PeerRequestError) as err:
                     logger.debug("confirm to %s failed: %s", record.peer, err)
                     await self.clock.sleep(1.0)
         shutil.rmtree(self.jobs_root / record.job_id / "checkpoint", ignore_errors=True)
+        return confirmed
 
     async def _abort_source(self, record: MigrationRecord, reason: str, size_bytes: int = 0) -> None:
         """Roll back: tell the destination (best effort); the job is paused here at the same checkpoint.
@@ -1046,6 +1164,15 @@ class Orchestrator:
         """GET /v1/info."""
         return self.advert().model_dump(mode="json")
 
+    async def chunks_held(self, peer: str, query: HeldQuery) -> HeldReply:
+        """POST /v1/chunks/held: how much of ``query``'s chunks this node's chunk cache holds intact."""
+        missing = set(await asyncio.to_thread(self.chunks.missing, query.chunks))
+        held = [chunk for chunk in query.chunks if chunk.sha256 not in missing]
+        logger.debug("%s asked about %d chunks: %d held here", peer, len(query.chunks), len(held))
+        return HeldReply(
+            chunks=len(query.chunks), held_chunks=len(held), held_bytes=sum(c.size_bytes for c in held)
+        )
+
     async def on_offer(self, peer: str, offer: Offer) -> OfferReply:
         """Accept with a reservation when a slot is free, the job is new here, and the window fits."""
         now_m = self.clock.monotonic_s()
@@ -1076,7 +1203,7 @@ class Orchestrator:
         params = self._params.model_copy(update={"job_power_w": power_w})
         from greenferry.core.feasibility import assess
 
-        verdict = assess(offer.checkpoint_bytes, self._bandwidth_to(peer), window_s, params)
+        verdict = assess(offer.bytes_to_send, self._bandwidth_to(peer), window_s, params)
         if not verdict.energy_feasible:
             return OfferReply(
                 accepted=False, reason="the move costs more energy than the window saves", window_s=window_s
@@ -1169,6 +1296,7 @@ class Orchestrator:
             await materialize(manifest, self.chunks, staging / "checkpoint")
         except (GreenferryError, OSError) as err:
             raise PeerRequestError(422, "materialize_failed", str(err)[:500]) from None
+        reservation.chunks = tuple(manifest.distinct_chunks())
         record = self.journal.migration(migration_id)
         if record is not None:
             self.journal.advance(
@@ -1177,6 +1305,7 @@ class Orchestrator:
 
     async def on_commit(self, peer: str, migration_id: str, commit: Commit) -> CommitReply:
         """Start the job at the new epoch, if the reservation is still open and prepared."""
+        t_commit = self.clock.monotonic_s()
         reservation = self._reservation(peer, migration_id)
         record = self.journal.migration(migration_id)
         if record is None or record.step is not MigrationStep.PREPARED:
@@ -1211,11 +1340,35 @@ class Orchestrator:
         local = self._local_of(info.job_id)
         local.last_migration_m = self.clock.monotonic_s()
         local.checkpoint_s = commit.checkpoint_s
-        t_start = self.clock.monotonic_s()
+        local.manifest_s = commit.manifest_s
+        local.rebuild_s = commit.rebuild_s
+        local.changed_bytes = commit.changed_bytes
+        local.chunks = reservation.chunks
         await self._start(info, resume=True)
-        local.restore_s = self.clock.monotonic_s() - t_start
+        spawn_s = self.clock.monotonic_s() - t_commit
+        # Until the job says it resumed here (_note_resumed), the restore its last arrival measured.
+        local.restore_s = commit.restore_s if commit.restore_s is not None else spawn_s
+        local.arrival = _Arrival(migration_id, spawn_s)
         reservation.confirm_task = self._spawn(self._await_confirm(record), f"confirm-{migration_id}")
-        return CommitReply(running=True, epoch=commit.epoch, restore_s=local.restore_s)
+        return CommitReply(running=True, epoch=commit.epoch, restore_s=_bounded_s(spawn_s))
+
+    def _note_resumed(self, job_id: str, after_s: float) -> float | None:
+        """The job's process said it resumed ``after_s`` after its start: the restore of its arrival, if any.
+
+        Returns:
+            Commit received -> resumed (s), when the job's current run here was started for a commit.
+        """
+        local = self._local.get(job_id)
+        arrival = local.arrival if local is not None else None
+        if local is None or arrival is None:
+            return None
+        if arrival.restore_s is None:
+            arrival.restore_s = local.restore_s = min(arrival.spawn_s + after_s, _MAX_MEASURED_S)
+            logger.info("job %s resumed %.2f s after the commit", job_id, arrival.restore_s)
+            record = self.journal.migration(arrival.migration_id)
+            if record is not None:
+                self.journal.advance(record, record.step, self.clock.now_s(), restore_s=arrival.restore_s)
+        return arrival.restore_s
 
     async def _await_confirm(self, record: MigrationRecord) -> None:
         await self.clock.sleep(self.config.migration.confirm_timeout_s)
@@ -1227,8 +1380,10 @@ class Orchestrator:
             self._local_of(record.job_id).busy = True
             await self._doubt(current)
 
-    async def on_confirm(self, peer: str, migration_id: str) -> None:
-        """The source let go: this node owns the job."""
+    async def on_confirm(self, peer: str, migration_id: str, confirm: Confirm) -> ConfirmReply:
+        """The source let go: this node owns the job. Answers once the job resumed, waiting at most
+        ``confirm.resume_wait_s`` (after the ownership is journaled: the wait changes nothing but when
+        the source hears it)."""
         record = self.journal.migration(migration_id)
         if record is None or record.peer != peer or record.role is not MigrationRole.DESTINATION:
             raise PeerRequestError(404, "unknown_migration", f"no migration {migration_id} from {peer}")
@@ -1237,6 +1392,13 @@ class Orchestrator:
         reservation = self._reservations.pop(migration_id, None)
         if reservation is not None and reservation.confirm_task is not None:
             reservation.confirm_task.cancel()
+        restore_s = None
+        arrival = self._local_of(record.job_id).arrival
+        if confirm.resume_wait_s > 0 and arrival is not None and arrival.migration_id == migration_id:
+            after_s = await self.supervisor.wait_resumed(record.job_id, confirm.resume_wait_s)
+            if after_s is not None:
+                restore_s = self._note_resumed(record.job_id, after_s)
+        return ConfirmReply(confirmed=True, resumed=restore_s is not None, restore_s=restore_s)
 
     async def on_abort(self, peer: str, migration_id: str, abort: Abort) -> None:
         """Forget a migration; a job already started for it is stopped (the source keeps it)."""
@@ -1324,6 +1486,11 @@ class Orchestrator:
         return MigrationStatus(
             migration_id=migration_id, role=record.role.value, step=record.step.value, epoch=record.epoch
         )
+
+
+def _bounded_s(duration_s: float | None) -> float | None:
+    """A measured duration as a message carries it (at most a day)."""
+    return None if duration_s is None else min(max(duration_s, 0.0), _MAX_MEASURED_S)
 
 
 def _speed(clock: Clock) -> float:

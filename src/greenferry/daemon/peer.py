@@ -3,11 +3,12 @@
 Routes (version 1, docs/peer-protocol.md and docs/peer-api.yaml):
 
     GET  /v1/info                           who this node is and what it can take
+    POST /v1/chunks/held                    HeldQuery -> HeldReply: how much of a checkpoint is cached here
     POST /v1/migrations                     Offer -> OfferReply (a time-limited reservation, or a reason)
     PUT  /v1/transfers/{id}/...             checkpoint chunks (daemon/transfer.py)
     POST /v1/migrations/{id}/prepare        Prepare: the signed manifest; the destination rebuilds it
     POST /v1/migrations/{id}/commit         Commit -> CommitReply: the destination starts the job
-    POST /v1/migrations/{id}/confirm        the source confirms; the destination owns the job for good
+    POST /v1/migrations/{id}/confirm        Confirm -> ConfirmReply: the destination owns the job for good
     POST /v1/migrations/{id}/abort          Abort: forget it, the source keeps the job
     GET  /v1/migrations/{id}                MigrationStatus: what this node journaled
 
@@ -19,11 +20,12 @@ with the models of core/protocol.py, and refused with a JSON error naming the fi
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
@@ -31,12 +33,18 @@ import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from greenferry.core.manifest import ChunkRef
 from greenferry.core.protocol import (
+    MAX_HELD_CHUNKS,
     MIGRATION_ID_RE,
     PROTOCOL_VERSION,
     Abort,
     Commit,
     CommitReply,
+    Confirm,
+    ConfirmReply,
+    HeldQuery,
+    HeldReply,
     MigrationStatus,
     Offer,
     OfferReply,
@@ -46,6 +54,7 @@ from greenferry.core.protocol import (
 from greenferry.errors import PayloadError, ServiceUnavailableError
 
 __all__ = [
+    "HELD_BODY_LIMIT_BYTES",
     "NODE_HEADER",
     "PeerClient",
     "PeerHandler",
@@ -60,6 +69,9 @@ NODE_HEADER = "X-Greenferry-Node"
 _M = TypeVar("_M", bound=BaseModel)
 _ID = MIGRATION_ID_RE.strip("^$")
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+# A chunk in a HeldQuery is about 100 bytes of JSON: a body much larger than a full query is refused unread.
+HELD_BODY_LIMIT_BYTES = MAX_HELD_CHUNKS * 160 + 4096
+_STREAM_BODY_BYTES = 512 * 1024
 
 
 class PeerRequestError(Exception):
@@ -79,6 +91,10 @@ class PeerHandler(Protocol):
         """GET /v1/info."""
         ...
 
+    async def chunks_held(self, peer: str, query: HeldQuery) -> HeldReply:
+        """How much of ``query``'s chunks this node's chunk cache holds."""
+        ...
+
     async def on_offer(self, peer: str, offer: Offer) -> OfferReply:
         """An offer from ``peer``."""
         ...
@@ -91,8 +107,8 @@ class PeerHandler(Protocol):
         """Start the job at the new epoch."""
         ...
 
-    async def on_confirm(self, peer: str, migration_id: str) -> None:
-        """The source let go."""
+    async def on_confirm(self, peer: str, migration_id: str, confirm: Confirm) -> ConfirmReply:
+        """The source let go (answer once the job resumed, waiting at most ``confirm.resume_wait_s``)."""
         ...
 
     async def on_abort(self, peer: str, migration_id: str, abort: Abort) -> None:
@@ -128,13 +144,22 @@ def _json_error(kind: type[web.HTTPException], code: str, message: str) -> web.H
     return kind(text=body, content_type="application/json")
 
 
-async def _parse(request: web.Request, model: type[_M]) -> _M:
+async def _parse(request: web.Request, model: type[_M], limit_bytes: int | None = None) -> _M:
+    """The body as ``model``; a body over ``limit_bytes`` (or the server's limit) is refused with 413."""
     if request.content_type != "application/json":
         raise _json_error(web.HTTPUnsupportedMediaType, "not_json", "the body must be application/json")
+    # A PeerRequestError, not web.HTTPRequestEntityTooLarge: that one cannot be built without the sizes.
+    too_large = PeerRequestError(
+        413, "too_large", "the body exceeds the limit" + (f" of {limit_bytes} bytes" if limit_bytes else "")
+    )
+    if limit_bytes is not None and (request.content_length or 0) > limit_bytes:
+        raise too_large
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise _json_error(web.HTTPRequestEntityTooLarge, "too_large", "the body exceeds the limit") from None
+        raise too_large from None
+    if limit_bytes is not None and len(raw) > limit_bytes:
+        raise too_large
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
@@ -185,6 +210,7 @@ class PeerServer:
         self._app.add_routes(
             [
                 web.get("/v1/info", self._info),
+                web.post("/v1/chunks/held", self._held),
                 web.post("/v1/migrations", self._offer),
                 web.get(f"/v1/migrations/{{mid:{_ID}}}", self._status),
                 web.post(f"/v1/migrations/{{mid:{_ID}}}/prepare", self._prepare),
@@ -249,6 +275,11 @@ class PeerServer:
         caller_node(request, self.insecure)
         return web.json_response({"protocol": PROTOCOL_VERSION, **self._handler.info()})
 
+    async def _held(self, request: web.Request) -> web.Response:
+        peer = caller_node(request, self.insecure)
+        query = await _parse(request, HeldQuery, HELD_BODY_LIMIT_BYTES)
+        return _reply(await self._handler.chunks_held(peer, query))
+
     async def _offer(self, request: web.Request) -> web.Response:
         peer = caller_node(request, self.insecure)
         offer = await _parse(request, Offer)
@@ -284,8 +315,8 @@ class PeerServer:
 
     async def _confirm(self, request: web.Request) -> web.Response:
         peer = caller_node(request, self.insecure)
-        await self._handler.on_confirm(peer, request.match_info["mid"])
-        return web.json_response({"confirmed": True})
+        confirm = await _parse(request, Confirm)
+        return _reply(await self._handler.on_confirm(peer, request.match_info["mid"], confirm))
 
     async def _abort(self, request: web.Request) -> web.Response:
         peer = caller_node(request, self.insecure)
@@ -340,6 +371,25 @@ class PeerClient:
             raise ProtocolError(f"{url}/v1/info: expected an object")
         return result
 
+    async def held_bytes(self, url: str, chunks: Sequence[ChunkRef]) -> int:
+        """POST /v1/chunks/held (in batches of MAX_HELD_CHUNKS): bytes of ``chunks`` the peer holds.
+
+        Raises:
+            ServiceUnavailableError, PeerRequestError: as every call (404: a peer without the route).
+            ProtocolError: an answer that claims more than was asked about.
+        """
+        distinct = list({chunk.sha256: chunk for chunk in chunks}.values())
+        held = 0
+        for start in range(0, len(distinct), MAX_HELD_CHUNKS):
+            batch = distinct[start : start + MAX_HELD_CHUNKS]
+            reply = HeldReply.model_validate(
+                await self._call("POST", f"{url}/v1/chunks/held", HeldQuery(chunks=batch))
+            )
+            if reply.held_chunks > len(batch) or reply.held_bytes > sum(c.size_bytes for c in batch):
+                raise ProtocolError(f"{url}/v1/chunks/held: holds more than it was asked about")
+            held += reply.held_bytes
+        return held
+
     async def offer(self, url: str, offer: Offer) -> OfferReply:
         """POST /v1/migrations."""
         return OfferReply.model_validate(await self._call("POST", f"{url}/v1/migrations", offer))
@@ -353,9 +403,15 @@ class PeerClient:
         body = await self._call("POST", f"{url}/v1/migrations/{migration_id}/commit", commit, timeout_s)
         return CommitReply.model_validate(body)
 
-    async def confirm(self, url: str, migration_id: str) -> None:
-        """POST .../confirm."""
-        await self._call("POST", f"{url}/v1/migrations/{migration_id}/confirm", Abort(reason=""))
+    async def confirm(self, url: str, migration_id: str, resume_wait_s: float = 0.0) -> ConfirmReply:
+        """POST .../confirm (with ``resume_wait_s``, answered once the job resumed there, or after that)."""
+        body = await self._call(
+            "POST",
+            f"{url}/v1/migrations/{migration_id}/confirm",
+            Confirm(resume_wait_s=resume_wait_s),
+            self.request_timeout_s + resume_wait_s,
+        )
+        return ConfirmReply.model_validate(body)
 
     async def abort(self, url: str, migration_id: str, reason: str) -> None:
         """POST .../abort."""
@@ -380,9 +436,11 @@ class PeerClient:
         timeout = aiohttp.ClientTimeout(total=timeout_s or self.request_timeout_s)
         data = None if body is None else body.model_dump_json().encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
+        # aiohttp warns about (and would block the loop on) a large bytes body, not a stream of it.
+        payload = io.BytesIO(data) if data is not None and len(data) > _STREAM_BODY_BYTES else data
         try:
             async with self.session.request(
-                method, url, data=data, headers=headers, timeout=timeout
+                method, url, data=payload, headers=headers, timeout=timeout
             ) as response:
                 text = await response.text()
                 status = response.status

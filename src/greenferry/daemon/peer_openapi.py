@@ -13,27 +13,23 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from greenferry.core.protocol import (
-    PROTOCOL_VERSION,
-    Abort,
-    Commit,
-    CommitReply,
-    MigrationStatus,
-    Offer,
-    OfferReply,
-    Prepare,
-)
+from greenferry.core import protocol
+from greenferry.daemon.peer import HELD_BODY_LIMIT_BYTES
 
 __all__ = ["openapi_document", "openapi_yaml"]
 
 _MODELS: tuple[type[BaseModel], ...] = (
-    Offer,
-    OfferReply,
-    Prepare,
-    Commit,
-    CommitReply,
-    Abort,
-    MigrationStatus,
+    protocol.HeldQuery,
+    protocol.HeldReply,
+    protocol.Offer,
+    protocol.OfferReply,
+    protocol.Prepare,
+    protocol.Commit,
+    protocol.CommitReply,
+    protocol.Confirm,
+    protocol.ConfirmReply,
+    protocol.Abort,
+    protocol.MigrationStatus,
 )
 _ERROR = {
     "type": "object",
@@ -52,7 +48,7 @@ _ERRORS = {
     "403": "the caller is not the node the message names",
     "404": "no such migration or reservation for this caller",
     "409": "out of order (commit before prepare, wrong epoch, replay)",
-    "413": "the body exceeds peer.max_body_bytes",
+    "413": f"the body exceeds peer.max_body_bytes ({HELD_BODY_LIMIT_BYTES} bytes for /v1/chunks/held)",
     "415": "the body is not application/json",
     "422": "a field is missing or out of range (the message names it), a bad signature or manifest",
 }
@@ -100,25 +96,36 @@ def openapi_document() -> dict[str, Any]:
         "/v1/info": {
             "get": {"summary": "The node's advert", "responses": _ok("the advert", {"type": "object"})}
         },
+        "/v1/chunks/held": {
+            "post": {
+                "summary": "How much of these chunks the chunk cache holds (before an offer)",
+                "description": (
+                    "Added within version 1: a daemon without this route answers 404, and the source then"
+                    " predicts the move with the whole checkpoint."
+                ),
+                "requestBody": _body(protocol.HeldQuery),
+                "responses": _ok("held chunks and bytes", _ref(protocol.HeldReply)),
+            }
+        },
         "/v1/migrations": {
             "post": {
                 "summary": "Offer a job",
-                "requestBody": _body(Offer),
-                "responses": _ok("accepted or not", _ref(OfferReply)),
+                "requestBody": _body(protocol.Offer),
+                "responses": _ok("accepted or not", _ref(protocol.OfferReply)),
             }
         },
         "/v1/migrations/{migration_id}": {
             "get": {
                 "summary": "What this node journaled",
                 "parameters": [mid],
-                "responses": _ok("status", _ref(MigrationStatus)),
+                "responses": _ok("status", _ref(protocol.MigrationStatus)),
             }
         },
         "/v1/migrations/{migration_id}/prepare": {
             "post": {
                 "summary": "The signed manifest",
                 "parameters": [mid],
-                "requestBody": _body(Prepare),
+                "requestBody": _body(protocol.Prepare),
                 "responses": _ok("rebuilt", _flag("prepared")),
             }
         },
@@ -126,23 +133,28 @@ def openapi_document() -> dict[str, Any]:
             "post": {
                 "summary": "Start the job at epoch + 1",
                 "parameters": [mid],
-                "requestBody": _body(Commit),
-                "responses": _ok("running", _ref(CommitReply)),
+                "requestBody": _body(protocol.Commit),
+                "responses": _ok("running", _ref(protocol.CommitReply)),
             }
         },
         "/v1/migrations/{migration_id}/confirm": {
             "post": {
                 "summary": "The source let go",
+                "description": (
+                    "With resume_wait_s > 0 the answer comes once the job said it resumed, or after so long."
+                    " A version-1 daemon that predates Confirm sent an Abort body here and read nothing back"
+                    " but confirmed."
+                ),
                 "parameters": [mid],
-                "requestBody": _body(Abort),
-                "responses": _ok("owned", _flag("confirmed")),
+                "requestBody": _body(protocol.Confirm),
+                "responses": _ok("owned", _ref(protocol.ConfirmReply)),
             }
         },
         "/v1/migrations/{migration_id}/abort": {
             "post": {
                 "summary": "Forget the migration",
                 "parameters": [mid],
-                "requestBody": _body(Abort),
+                "requestBody": _body(protocol.Abort),
                 "responses": _ok("forgotten", _flag("aborted")),
             }
         },
@@ -151,7 +163,7 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "greenferry peer API",
-            "version": str(PROTOCOL_VERSION),
+            "version": str(protocol.PROTOCOL_VERSION),
             "description": (
                 "Daemon-to-daemon migration protocol; see docs/peer-protocol.md."
                 " Chunk routes: docs/transfer.md."

@@ -74,8 +74,8 @@ import aiohttp
 from aiohttp import web
 
 from greenferry.config import DaemonConfig, config_from_mapping
+from greenferry.core import protocol
 from greenferry.core.jobs import TERMINAL_STATES, JobInfo, JobSpec, JobState
-from greenferry.core.protocol import Abort, Commit, CommitReply, MigrationStatus, Offer, OfferReply, Prepare
 from greenferry.core.signals import Reading, SignalBoard, SignalKind, SurplusWindow
 from greenferry.daemon.bus import EventBus
 from greenferry.daemon.clock import RealClock
@@ -531,38 +531,48 @@ class _FaultyHandler:
         self._alive()
         return self._orchestrator.info()
 
-    async def on_offer(self, peer: str, offer: Offer) -> OfferReply:
+    async def chunks_held(self, peer: str, query: protocol.HeldQuery) -> protocol.HeldReply:
+        """A question about cached chunks (before an offer)."""
+        self._alive()
+        return await self._orchestrator.chunks_held(peer, query)
+
+    async def on_offer(self, peer: str, offer: protocol.Offer) -> protocol.OfferReply:
         """An offer."""
         self._alive()
         reply = await self._orchestrator.on_offer(peer, offer)
         await self._injector.handled(self._incarnation, "offer")
         return reply
 
-    async def on_prepare(self, peer: str, migration_id: str, prepare: Prepare, peer_key: Any | None) -> None:
+    async def on_prepare(
+        self, peer: str, migration_id: str, prepare: protocol.Prepare, peer_key: Any | None
+    ) -> None:
         """A prepare."""
         self._alive()
         await self._orchestrator.on_prepare(peer, migration_id, prepare, peer_key)
         await self._injector.handled(self._incarnation, "prepare")
 
-    async def on_commit(self, peer: str, migration_id: str, commit: Commit) -> CommitReply:
+    async def on_commit(self, peer: str, migration_id: str, commit: protocol.Commit) -> protocol.CommitReply:
         """A commit."""
         self._alive()
         reply = await self._orchestrator.on_commit(peer, migration_id, commit)
         await self._injector.handled(self._incarnation, "commit")
         return reply
 
-    async def on_confirm(self, peer: str, migration_id: str) -> None:
+    async def on_confirm(
+        self, peer: str, migration_id: str, confirm: protocol.Confirm
+    ) -> protocol.ConfirmReply:
         """A confirmation."""
         self._alive()
-        await self._orchestrator.on_confirm(peer, migration_id)
+        reply = await self._orchestrator.on_confirm(peer, migration_id, confirm)
         await self._injector.handled(self._incarnation, "confirm")
+        return reply
 
-    async def on_abort(self, peer: str, migration_id: str, abort: Abort) -> None:
+    async def on_abort(self, peer: str, migration_id: str, abort: protocol.Abort) -> None:
         """An abort."""
         self._alive()
         await self._orchestrator.on_abort(peer, migration_id, abort)
 
-    def migration_status(self, peer: str, migration_id: str) -> MigrationStatus:
+    def migration_status(self, peer: str, migration_id: str) -> protocol.MigrationStatus:
         """A status question."""
         self._alive()
         return self._orchestrator.migration_status(peer, migration_id)
@@ -1028,7 +1038,7 @@ class _Trial:
     async def second_offer(self) -> None:
         """Another offer for the job, as if a retry or a replay raced the real one: refused, or harmless."""
         src = self.name("src")
-        offer = Offer(
+        offer = protocol.Offer(
             migration_id=uuid.uuid4().hex,
             source_node=src,
             job=self.spec(),
@@ -1282,7 +1292,10 @@ class _Trial:
         self.result.kinds.append("replay_commit")
         try:
             reply = await self.peers[src].commit(
-                self.url(dst), released[0].migration_id, Commit(epoch=released[0].epoch + 1), timeout_s=5
+                self.url(dst),
+                released[0].migration_id,
+                protocol.Commit(epoch=released[0].epoch + 1),
+                timeout_s=5,
             )
         except PeerRequestError:
             return
