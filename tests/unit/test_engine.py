@@ -330,3 +330,19 @@ def test_pause_when_dirty_never_uses_the_grid_when_jobs_share_a_site() -> None:
     result, _ = run(world, make_policy("pause-when-dirty"))
     assert result.metrics["unfinished_jobs"] == 0.0
     assert result.metrics["nonrenewable_kwh"] == 0.0
+
+
+def test_feasibility_aware_never_lands_after_the_window_closed_on_global_8() -> None:
+    """The issue's target on the shared world, perfect forecasts, one seed (about 5 s): windows that
+    jobs in flight or decided in the same epoch are heading for, and one-epoch windows a whole-step move
+    cannot land in, are not taken (16 late landings per seed before)."""
+    from greenferry.core.forecast import make_forecaster
+    from greenferry.sim.engine import Engine
+    from greenferry.sim.scenario import build_world, load_scenario
+
+    spec, base = load_scenario("global-8")
+    world = build_world(spec, base, 0)
+    forecaster = make_forecaster("perfect", world.epoch_surplus_w, world.epoch_s)
+    result = Engine(world, forecaster, keep_timeline=False).run(make_policy("feasibility-aware"), 0)
+    assert result.metrics["migrations"] > 1000
+    assert [m for m in result.migrations if m.failed] == []

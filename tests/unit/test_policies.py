@@ -169,13 +169,35 @@ def _bytes_for_tmig(t_mig: float, bandwidth: float = 1e9) -> float:
     return transfer * PARAMS.transfer_efficiency * bandwidth / 8.0
 
 
-@pytest.mark.parametrize("window_epochs", [1, 3, 8])
+@pytest.mark.parametrize("window_epochs", [2, 3, 8])
 def test_feasibility_aware_time_check_on_both_sides(window_epochs: int) -> None:
     budget = PARAMS.alpha * window_epochs * HOUR
     below, above = _bytes_for_tmig(budget - 1.0), _bytes_for_tmig(budget + 1.0)
     assert t_mig_s(below, 1e9) < budget < t_mig_s(above, 1e9)
     assert FeasibilityAware().decide(0.0, _fa_view(window_epochs, below))[0] == Decision.migrate(1)
     assert FeasibilityAware().decide(0.0, _fa_view(window_epochs, above))[0] == Decision.run()
+
+
+def test_feasibility_aware_lands_inside_the_window() -> None:
+    """A move takes whole epochs (as in lookahead and the simulator): one that passes ``alpha`` of a
+    one-epoch window still lands as that window closes, so it is not made; a two-epoch window is enough."""
+    tiny = _bytes_for_tmig(0.5 * PARAMS.alpha * HOUR)
+    assert FeasibilityAware().decide(0.0, _fa_view(1, tiny))[0] == Decision.run()
+    assert FeasibilityAware().decide(0.0, _fa_view(2, tiny))[0] == Decision.migrate(1)
+
+
+def test_feasibility_aware_leaves_a_window_to_the_job_already_heading_for_it() -> None:
+    """Site 1's surplus covers one job: two dark jobs deciding together send one, and a job in flight to
+    site 1 (``inbound_w``) takes it from a job deciding later."""
+    fc = forecast_windows(3, H, {1: (0, H)}, level=1.5 * P)
+    jobs = [job_view(0, 0, power_w=P), job_view(1, 2, power_w=P)]
+    view = cluster_view([0.0, 1.5 * P, 0.0], jobs, forecast_w=fc, epoch_s=HOUR)
+    decisions = FeasibilityAware().decide(0.0, view)
+    assert [decisions[j].action for j in (0, 1)].count(Action.MIGRATE) == 1
+    view = cluster_view([0.0, 1.5 * P, 0.0], jobs[:1], forecast_w=fc, epoch_s=HOUR)
+    assert FeasibilityAware().decide(0.0, view)[0] == Decision.migrate(1)
+    view.inbound_w = np.array([0.0, P, 0.0])
+    assert FeasibilityAware().decide(0.0, view)[0] == Decision.run()
 
 
 def test_feasibility_aware_needs_the_window_open_now() -> None:

@@ -155,7 +155,7 @@ class FeasibilityAware:
         forecast = view.forecast_surplus_w[job.site, :dwell_epochs]
         if forecast.size < dwell_epochs:
             return False
-        other_w = view.site_load_w[job.site] - (job.power_w if job.running else 0.0)
+        other_w = view.committed_load_w()[job.site] - (job.power_w if job.running else 0.0)
         return bool(np.all(forecast - other_w >= job.power_w))
 
     def decide(self, now_s: float, view: ClusterView) -> dict[int, Decision]:
@@ -198,20 +198,24 @@ class FeasibilityAware:
         out: dict[int, Decision] = {}
         busy = view.link_busy.copy()
         free = view.free_slots.copy()
+        # A destination's window is checked against what is left of it once the jobs in flight and the
+        # moves decided earlier in this epoch have landed (``decided_w``), or two jobs land in one window.
+        inbound_w = view.committed_load_w() - view.site_load_w
+        decided_w = np.zeros(view.n_sites)
         dwell_epochs = max(1, math.ceil(self.dwell_horizon_s / view.epoch_s - 1e-9))
         for job in jobs:
             out[job.job_id] = Decision.run()
             if job.since_migration_s < self.min_dwell_s:
                 continue
             here = job.site
-            covered_now = view.headroom_w(job) >= job.power_w
+            covered_now = view.headroom_w(job) - inbound_w - decided_w >= job.power_w
             # Cheap exits first (same answers as the full computation below): the current site stays
             # covered over the dwell horizon, or no free linked site is covered now.
             if covered_now[here] and self._covered_here(view, job, dwell_epochs):
                 continue
             if not (_free_targets(view, job, free) & ~busy[here] & covered_now).any():
                 continue
-            covered = view.forecast_headroom_w(job) >= job.power_w
+            covered = view.forecast_headroom_w(job) - decided_w[:, None] >= job.power_w
             covered[:, 0] &= covered_now
             window_s = covered_run_epochs(covered) * view.epoch_s
             targets = _free_targets(view, job, free) & ~busy[here] & (window_s > 0)
@@ -223,13 +227,18 @@ class FeasibilityAware:
             split_w = split_cost_w.get(job.job_id)
             if split_w is not None:
                 gain_j = gain_j - (split_w - split_w[here]) * window_s
-            ok = targets & (t_mig <= p.alpha * window_s) & (gain_j > 0)
+            # The paper's time check, and the landing inside the window: where moves complete on the
+            # decision grid (the simulator's whole steps), a short move into a one-epoch window would
+            # pass ``alpha`` and still land as the window closes.
+            lands_s = np.ceil(t_mig / view.epoch_s - 1e-9) * view.epoch_s
+            ok = targets & (t_mig <= p.alpha * window_s) & (lands_s < window_s) & (gain_j > 0)
             ok &= gain_j > job.power_w * window_s[here]
             if ok.any():
                 dst = int(np.argmax(np.where(ok, gain_j, -np.inf)))
                 out[job.job_id] = Decision.migrate(dst)
                 busy[here, dst] = busy[dst, here] = True
                 free[dst] -= job.slots
+                decided_w[dst] += job.power_w
         return out
 
 
@@ -575,7 +584,7 @@ class Lookahead:
         now follow their current plans (or stay put). Jobs planned later in this epoch see the surplus
         the earlier ones reserved, so co-scheduled jobs do not all aim at the same window."""
         horizon = self._horizon(view)
-        base = view.site_load_w.copy()
+        base = view.committed_load_w()  # jobs in flight count where they land
         for job in view.jobs:
             if job.running:
                 base[job.site] -= job.power_w

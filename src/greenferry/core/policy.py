@@ -120,7 +120,8 @@ class ClusterView:
     ``forecast_surplus_w[s, k]`` is the forecast mean surplus of site ``s`` over epoch ``k`` from now
     (``k = 0`` is the epoch starting now), each ``epoch_s`` long; it is computed on first use, so policies
     that ignore forecasts cost nothing. ``site_load_w`` is the power greenferry's own jobs (running or
-    migrating) draw at each site now.
+    migrating) draw at each site now; ``inbound_w`` the power that jobs in flight will draw at their
+    destinations once they land (a window they are heading for is theirs, not another job's).
     """
 
     now_s: float
@@ -132,6 +133,7 @@ class ClusterView:
     bandwidth_bps: FloatArray  # (S, S); 0 where there is no link
     link_busy: npt.NDArray[np.bool_]  # (S, S) True while a transfer occupies the link
     jobs: list[JobView] = field(default_factory=list)
+    inbound_w: FloatArray | None = None  # (S,) power of jobs in flight that will run at each site on landing
     _forecast: FloatArray | None = field(default=None, repr=False)
 
     @property
@@ -152,9 +154,17 @@ class ClusterView:
         headroom[job.site] += job.power_w if job.running else 0.0
         return headroom
 
+    def committed_load_w(self) -> FloatArray:
+        """(S,) greenferry's load at each site now plus what the jobs in flight will add on landing."""
+        if self.inbound_w is None:
+            return self.site_load_w.copy()
+        committed: FloatArray = self.site_load_w + self.inbound_w
+        return committed
+
     def forecast_headroom_w(self, job: JobView) -> FloatArray:
-        """Forecast surplus left for ``job`` per site and epoch, assuming the other load stays put."""
-        other = self.site_load_w.copy()
+        """Forecast surplus left for ``job`` per site and epoch, assuming the other load stays put and the
+        jobs in flight land where they are going."""
+        other = self.committed_load_w()
         if job.running:
             other[job.site] -= job.power_w
         return self.forecast_surplus_w - other[:, None]

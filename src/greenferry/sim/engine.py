@@ -368,12 +368,15 @@ class Engine:
         w, jobs = self.world, self._jobs
         n_sites = len(w.sites)
         site_load = np.zeros(n_sites)
+        inbound = np.zeros(n_sites)
         hosted = np.zeros(n_sites, dtype=np.int64)
         busy = np.zeros((n_sites, n_sites), dtype=np.bool_)
         for j in active:
             job = jobs[j]
             if job.parts is not None:
                 _parts_presence(job, job.parts, site_load, hosted, busy)
+                if job.status == MIGRATING:
+                    inbound[job.mig_dst] += float(job.parts.flying.sum()) * job.parts.part_power_w
             elif job.status == RUNNING:
                 site_load[job.site] += job.model.power_w
                 hosted[job.site] += 1
@@ -382,6 +385,7 @@ class Engine:
             elif job.status == MIGRATING:
                 site_load[job.mig_src] += job.mig_src_w
                 site_load[job.mig_dst] += job.mig_dst_w
+                inbound[job.mig_dst] += job.model.power_w
                 hosted[job.mig_src] += 1
                 hosted[job.mig_dst] += 1
                 busy[job.mig_src, job.mig_dst] = busy[job.mig_dst, job.mig_src] = True
@@ -413,7 +417,16 @@ class Engine:
                 )
             )
         return ClusterView(
-            now_s, w.epoch_s, measured, forecast, site_load, slots - hosted, w.bandwidth_bps, busy, views
+            now_s,
+            w.epoch_s,
+            measured,
+            forecast,
+            site_load,
+            slots - hosted,
+            w.bandwidth_bps,
+            busy,
+            views,
+            inbound,
         )
 
     def _parts_job_view(self, job: _Job, parts: _Parts, since_s: float) -> JobView:
