@@ -785,9 +785,12 @@ class Orchestrator:
         """(bytes the destination holds of the job's last checkpoint, bytes a move there should send).
 
         Asks the destination (POST /v1/chunks/held) about the chunks of the job's last checkpoint here. The
-        new checkpoint is that one with ``changed_bytes`` changed (as the job's last move measured; none
-        before): the move sends what the destination lacks of it, plus what changed. Without a manifest
-        here (the job never moved, or this daemon restarted) or an answer (a peer without the route), all.
+        new checkpoint is that one with ``changed_bytes`` changed, as the job's last move measured: the move
+        sends what the destination lacks of it, plus what changed. Until a move has measured how much of a
+        checkpoint changes (a job's first move, and its second: the first has no earlier checkpoint to
+        compare with), all of it may have: the prediction stays conservative, so a feasibility check never
+        accepts a window on bytes it only hoped were cached. Without a manifest here (the job never moved,
+        or this daemon restarted) or an answer (a peer without the route), all.
         """
         local = self._local_of(job_id)
         if not local.chunks or self.peer_client is None:
@@ -799,7 +802,9 @@ class Orchestrator:
                 "job %s: no answer about cached chunks from %s (%s): predicting all", job_id, url, err
             )
             return 0, size_bytes
-        return held_bytes, min(size_bytes, max(0, size_bytes - held_bytes) + (local.changed_bytes or 0))
+        if local.changed_bytes is None:
+            return held_bytes, size_bytes
+        return held_bytes, min(size_bytes, max(0, size_bytes - held_bytes) + local.changed_bytes)
 
     def _remember_chunks(self, job_id: str, chunks: tuple[ChunkRef, ...], changed_bytes: int | None) -> None:
         local = self._local_of(job_id)
@@ -871,6 +876,7 @@ class Orchestrator:
                     "url": url,
                     "predicted_s": predicted,
                     "deadline_in_s": deadline_in,
+                    "offered_bytes": size,
                     "held_bytes": held,
                     "predicted_send_bytes": send,
                 },
