@@ -40,37 +40,6 @@ def _released(cluster: NetnsCluster, node: str, job_id: str, count: int) -> list
     return done if len(done) >= count else []
 
 
-def _surplus_only_at(cluster: NetnsCluster, node: str, other: str) -> None:
-    """Retained signals: ``node`` has 5 kW for the next 6 h, ``other`` none."""
-    now = time.time()
-    for topic, payload in (
-        (f"{cluster.prefix}/sites/{other}/production_w", "0"),
-        (f"{cluster.prefix}/sites/{other}/forecast", "[]"),
-        (f"{cluster.prefix}/sites/{node}/production_w", "5000"),
-        (
-            f"{cluster.prefix}/sites/{node}/forecast",
-            json.dumps([{"start": now - 60, "end": now + 6 * 3600, "power_w": 5000.0}]),
-        ),
-    ):
-        cluster.pair.run(
-            "a",
-            [
-                "mosquitto_pub",
-                "-h",
-                cluster.addr["a"],
-                "-p",
-                "1883",
-                "-q",
-                "1",
-                "-r",
-                "-t",
-                topic,
-                "-m",
-                payload,
-            ],
-        )
-
-
 def _phases_s(data: dict[str, Any]) -> dict[str, float]:
     return {
         "checkpoint": round(float(data["checkpoint_s"]), 2),
@@ -180,7 +149,7 @@ def measure(size_mb: int, rate_bps: float, frozen: bool) -> dict[str, Any]:
         # measures how much of a checkpoint changes, which a frozen job's third move (a -> b) predicts with.
         src, dst = "b", "a"
         for index in range(2 if frozen else 1):
-            _surplus_only_at(cluster, dst, src)
+            cluster.surplus_only_at(dst, src)
             before = len(_released(cluster, src, job_id, 0))
             done = cluster.wait_for(
                 lambda s=src, n=before: _released(cluster, s, job_id, n + 1),

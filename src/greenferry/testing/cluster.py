@@ -117,7 +117,7 @@ class NetnsCluster:
                 self._mounts.append(path)
             for name in ("a", "b"):
                 self._write_config(name)
-            self._publish_signals()
+            self.surplus_only_at("b", "a")
             for name in ("a", "b"):
                 self.start(name)
             self.wait_for(
@@ -236,14 +236,15 @@ confirm_timeout_s = 5
 """
         )
 
-    def _publish_signals(self) -> None:
+    def surplus_only_at(self, node: str, other: str) -> None:
+        """Retained signals: site ``node`` has 5 kW for the next six hours, site ``other`` none."""
         now = time.time()
         windows = json.dumps([{"start": now - 60, "end": now + 6 * 3600, "power_w": 5000.0}])
         for topic, payload in (
-            (f"{self.prefix}/sites/a/production_w", "0"),
-            (f"{self.prefix}/sites/a/forecast", "[]"),
-            (f"{self.prefix}/sites/b/production_w", "5000"),
-            (f"{self.prefix}/sites/b/forecast", windows),
+            (f"{self.prefix}/sites/{other}/production_w", "0"),
+            (f"{self.prefix}/sites/{other}/forecast", "[]"),
+            (f"{self.prefix}/sites/{node}/production_w", "5000"),
+            (f"{self.prefix}/sites/{node}/forecast", windows),
         ):
             done = self.pair.run(
                 "a",
