@@ -431,17 +431,29 @@ async def test_a_chunk_damaged_in_transit_is_resent(
     assert tree(out) == tree(root)
 
 
+@pytest.mark.parametrize(("chunks", "bad_index", "streams"), [(2, 1, 1), (12, 4, 3)])
 async def test_a_chunk_damaged_at_the_source_stops_the_transfer(
-    tmp_path: Path, src: ChunkStore, dst: Destination, session: aiohttp.ClientSession
+    tmp_path: Path,
+    src: ChunkStore,
+    dst: Destination,
+    session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+    chunks: int,
+    bad_index: int,
+    streams: int,
 ) -> None:
-    root = write_checkpoint(tmp_path / "ckpt", {"a.bin": os.urandom(2 * CHUNK_BYTES)})
+    """Each stream reads its next chunk while it sends one: the damaged chunk fails the push, and the
+    chunks the other streams had read ahead are dropped without an unretrieved task error."""
+    root = write_checkpoint(tmp_path / "ckpt", {"a.bin": os.urandom(chunks * CHUNK_BYTES)})
     manifest = await manifest_of(root, src)
-    bad = manifest.files[0].chunks[1].sha256
+    bad = manifest.files[0].chunks[bad_index].sha256
     src.path_of(bad).write_bytes(os.urandom(CHUNK_BYTES))
     with pytest.raises(ChunkCorruptError, match=bad):
-        await send_chunks(session, dst.url, "t1", manifest, src, streams=1, compress=False)
+        await send_chunks(session, dst.url, "t1", manifest, src, streams=streams, compress=False)
+    await asyncio.sleep(0.05)  # let discarded reads finish
     assert bad not in dst.store.shas()
     assert not src.has(bad)  # removed at the source: building the manifest again restores it
+    assert "never retrieved" not in caplog.text
 
 
 class _FullDiskStore(ChunkStore):
