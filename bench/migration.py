@@ -40,19 +40,23 @@ def _released(cluster: NetnsCluster, node: str, job_id: str, count: int) -> list
     return done if len(done) >= count else []
 
 
+def _restore_s(data: dict[str, Any]) -> float:
+    """The downtime after the destination prepared: commit, start and load until the job resumed."""
+    return (
+        float(data["downtime_s"])
+        - float(data["prepare_s"])
+        - float(data["checkpoint_s"])
+        - float(data["manifest_s"])
+    )
+
+
 def _phases_s(data: dict[str, Any]) -> dict[str, float]:
     return {
         "checkpoint": round(float(data["checkpoint_s"]), 2),
         "manifest": round(float(data["manifest_s"]), 2),
         "transfer": round(float(data["transfer_s"]), 2),
         "prepare": round(float(data["prepare_s"]) - float(data["transfer_s"]), 2),
-        "restore": round(
-            float(data["downtime_s"])
-            - float(data["prepare_s"])
-            - float(data["checkpoint_s"])
-            - float(data["manifest_s"]),
-            2,
-        ),
+        "restore": round(_restore_s(data), 2),
     }
 
 
@@ -129,16 +133,7 @@ def measure(size_mb: int, rate_bps: float, frozen: bool) -> dict[str, Any]:
             "phases_s": _phases_s(data),
         }
         copy_s = _copy_time_s(cluster, size_bytes)
-        baseline = (
-            float(data["checkpoint_s"])
-            + copy_s
-            + (
-                float(data["downtime_s"])
-                - float(data["prepare_s"])
-                - float(data["checkpoint_s"])
-                - float(data["manifest_s"])
-            )
-        )
+        baseline = float(data["checkpoint_s"]) + copy_s + _restore_s(data)
         # What one plain TCP stream gets through the same shaped link: the ceiling goodput can reach
         # (TCP/IP and Ethernet headers are counted by tbf, chunk bytes are what goodput counts).
         result["tcp_copy_ratio"] = round(8 * size_bytes / copy_s / rate_bps, 3)

@@ -789,11 +789,12 @@ class Orchestrator:
         sends what the destination lacks of it, plus what changed. Until a move has measured how much of a
         checkpoint changes (a job's first move, and its second: the first has no earlier checkpoint to
         compare with), all of it may have: the prediction stays conservative, so a feasibility check never
-        accepts a window on bytes it only hoped were cached. Without a manifest here (the job never moved,
-        or this daemon restarted) or an answer (a peer without the route), all.
+        accepts a window on bytes it only hoped were cached, and the destination is not asked. Without a
+        manifest here (the job never moved, or this daemon restarted) or an answer (a peer without the
+        route), all.
         """
         local = self._local_of(job_id)
-        if not local.chunks or self.peer_client is None:
+        if not local.chunks or local.changed_bytes is None or self.peer_client is None:
             return 0, size_bytes
         try:
             held_bytes = await self.peer_client.held_bytes(url, local.chunks)
@@ -802,8 +803,6 @@ class Orchestrator:
                 "job %s: no answer about cached chunks from %s (%s): predicting all", job_id, url, err
             )
             return 0, size_bytes
-        if local.changed_bytes is None:
-            return held_bytes, size_bytes
         return held_bytes, min(size_bytes, max(0, size_bytes - held_bytes) + local.changed_bytes)
 
     def _remember_chunks(self, job_id: str, chunks: tuple[ChunkRef, ...], changed_bytes: int | None) -> None:
