@@ -238,6 +238,37 @@ async def test_mutual_tls_peers_migrate_with_a_signed_manifest(
         assert _job(a, "tls-1").state is JobState.MIGRATED  # type: ignore[union-attr]
 
 
+async def test_a_destination_in_its_cooldown_leaves_the_job_running_where_it_is(
+    two_nodes: tuple[NodeDaemon, NodeDaemon],
+) -> None:
+    """The policy wants the job at b, but b failed its move a moment ago: it runs at a, fresh and resumed.
+
+    Before, a MIGRATE that could not start was no decision at all: a pending job never started and a
+    paused one (as after every aborted move) stayed paused until the ten-minute cooldown ended.
+    """
+    a, b = two_nodes
+    orch_a = a._components["orchestrator"]
+    await _until(lambda: orch_a.directory.get("b", a.clock.monotonic_s()), 10, "a to hear b's advert")
+    orch_a._cooldown_m[("cool-1", "b")] = a.clock.monotonic_s() + 600
+    await orch_a.submit(_spec("cool-1"))
+
+    def running_at_a(after_step: int) -> JobInfo | None:
+        info = _job(a, "cool-1")
+        ok = info is not None and info.state is JobState.RUNNING and (info.step or 0) > after_step
+        return info if ok else None
+
+    first = await _until(lambda: running_at_a(0), 30, "the pending job to start at a")
+    assert first.node == "a"
+    assert await orch_a.hold("cool-1", "test")
+    paused = await _until(
+        lambda: (i := _job(a, "cool-1")) is not None and i.state is JobState.PAUSED and i, 30, "the pause"
+    )
+    orch_a.release("cool-1")
+    await _until(lambda: running_at_a(paused.step or 0), 30, "the paused job to resume at a")
+    assert orch_a.journal.migrations() == []
+    assert _job(b, "cool-1") is None
+
+
 async def test_no_move_when_the_peer_has_no_window(tmp_path: Path, mosquitto: Mosquitto, prefix: str) -> None:
     """Neither node has surplus: the job runs where it was submitted, and nothing is offered."""
     _publish_retained(

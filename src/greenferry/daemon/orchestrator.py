@@ -692,18 +692,21 @@ class Orchestrator:
                 if decision is not None
                 else (Action.RUN if info.state is JobState.PENDING else None)
             )
-            if (
-                action is Action.MIGRATE
-                and decision is not None
-                and 1 <= decision.dst_site <= len(peers)
-                and self._cooldown_m.get((info.job_id, peers[decision.dst_site - 1].node), -math.inf) <= now_m
-            ):
+            if action is Action.MIGRATE:
+                # A move that cannot start now (a fresh job has nothing to move, a destination that failed
+                # this job's move is in its cooldown) leaves the job where it is: running, as the policy
+                # wanted it to run. Left as MIGRATE it would stay paused, or pending, until the cooldown ends.
+                index = decision.dst_site if decision is not None else 0
+                dst = peers[index - 1] if 1 <= index <= len(peers) else None
                 movable = info.state is not JobState.PENDING or info.checkpoint_step is not None
-                if info.spec.moves_whole and movable:
+                if (
+                    dst is not None
+                    and info.spec.moves_whole
+                    and movable
+                    and self._cooldown_m.get((info.job_id, dst.node), -math.inf) <= now_m
+                ):
                     self._local_of(info.job_id).busy = True
-                    self._spawn(
-                        self._migrate(info.job_id, peers[decision.dst_site - 1]), f"migrate-{info.job_id}"
-                    )
+                    self._spawn(self._migrate(info.job_id, dst), f"migrate-{info.job_id}")
                     continue
                 action = Action.RUN
             if action is Action.RUN and info.state in (JobState.PENDING, JobState.PAUSED):
