@@ -243,6 +243,19 @@ def test_feasibility_aware_picks_the_best_gain() -> None:
     assert FeasibilityAware().decide(0.0, view)[0] == Decision.migrate(2)
 
 
+def test_feasibility_aware_counts_what_a_cached_move_sends() -> None:
+    """Site 1's chunk cache holds most of the checkpoint: the time check uses the bytes the move sends."""
+    window_epochs = 2
+    budget = PARAMS.alpha * window_epochs * HOUR
+    whole, sent = _bytes_for_tmig(budget + 60.0), _bytes_for_tmig(budget - 60.0)
+    view = _fa_view(window_epochs, whole)
+    assert FeasibilityAware().decide(0.0, view)[0] == Decision.run()
+    view.jobs[0].send_bytes = np.array([whole, sent])
+    assert FeasibilityAware().decide(0.0, view)[0] == Decision.migrate(1)
+    view.jobs[0].send_bytes = np.array([whole, 2 * whole])  # never more than the whole checkpoint
+    assert FeasibilityAware().decide(0.0, view)[0] == Decision.run()
+
+
 # --- lookahead -------------------------------------------------------------------------------------------
 
 
@@ -261,6 +274,21 @@ def test_lookahead_does_not_move_into_a_window_shorter_than_the_move(window_epoc
     view = cluster_view([0.0, 1000.0], [me], forecast_w=fc, epoch_s=HOUR, bandwidth_bps=1e9)
     expected = Decision.migrate(1) if moves else Decision.run()
     assert Lookahead().decide(0.0, view)[0] == expected
+
+
+def test_lookahead_plans_with_what_a_cached_move_sends_and_replans_when_it_learns_it() -> None:
+    """A move of the whole checkpoint takes three epochs and does not fit a two-epoch window; site 1's
+    chunk cache holds most of it, and the move it leaves (half an hour) does. The same policy instance,
+    told this between two decisions of one epoch, remakes its plan."""
+    whole, sent = _bytes_for_tmig(2.5 * HOUR), _bytes_for_tmig(0.5 * HOUR)
+    me = job_view(0, 0, checkpoint_bytes=whole)
+    fc = forecast_windows(2, H, {1: (0, 2)})
+    policy = Lookahead()
+    view = cluster_view([0.0, 1000.0], [me], forecast_w=fc, epoch_s=HOUR, bandwidth_bps=1e9)
+    assert policy.decide(0.0, view)[0] == Decision.run()
+    me.send_bytes = np.array([whole, sent])
+    view = cluster_view([0.0, 1000.0], [me], forecast_w=fc, epoch_s=HOUR, bandwidth_bps=1e9)
+    assert policy.decide(60.0, view)[0] == Decision.migrate(1)
 
 
 def test_lookahead_replans_when_the_job_is_not_where_planned() -> None:

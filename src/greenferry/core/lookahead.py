@@ -34,9 +34,13 @@ class MigrationCosts:
 
 
 def migration_costs(
-    checkpoint_bytes: float, bandwidth_bps: FloatArray, params: MigrationParams, epoch_s: float
+    checkpoint_bytes: float | FloatArray, bandwidth_bps: FloatArray, params: MigrationParams, epoch_s: float
 ) -> MigrationCosts:
-    """Migration durations (in epochs) and energies between every pair of sites."""
+    """Migration durations (in epochs) and energies between every pair of sites.
+
+    ``checkpoint_bytes`` is what a move sends: one size, or an (S, S) matrix (a destination's chunk cache
+    may already hold part of the checkpoint).
+    """
     allowed = bandwidth_bps > 0
     np.fill_diagonal(allowed, False)
     safe_bw = np.where(allowed, bandwidth_bps, 1.0)
@@ -45,7 +49,8 @@ def migration_costs(
     epochs = np.where(allowed, np.maximum(1, np.ceil(t_mig / epoch_s - 1e-9)), 0).astype(np.int64)
     src = params.job_power_w * params.checkpoint_write_s + params.idle_power_src_w * t_transfer
     dst = params.job_power_w * params.restore_s + params.idle_power_dst_w * t_transfer
-    net = np.full_like(t_transfer, params.network_energy_j_per_byte * checkpoint_bytes)
+    net = np.broadcast_to(params.network_energy_j_per_byte * np.asarray(checkpoint_bytes), t_transfer.shape)
+    net = np.array(net, dtype=np.float64)
     return MigrationCosts(epochs, src, dst, net, allowed)
 
 

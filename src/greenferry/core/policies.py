@@ -221,8 +221,9 @@ class FeasibilityAware:
             targets = _free_targets(view, job, free) & ~busy[here] & (window_s > 0)
             bw = np.where(targets, view.bandwidth_bps[here], 1.0)
             p = job.params
-            t_mig = np.asarray(migration_time_s(job.checkpoint_bytes, bw, p), dtype=np.float64)
-            e_mig = np.asarray(migration_energy_j(job.checkpoint_bytes, bw, p), dtype=np.float64)
+            sent = job.bytes_to(view.n_sites)
+            t_mig = np.asarray(migration_time_s(sent, bw, p), dtype=np.float64)
+            e_mig = np.asarray(migration_energy_j(sent, bw, p), dtype=np.float64)
             gain_j = job.power_w * (window_s - t_mig) - e_mig
             split_w = split_cost_w.get(job.job_id)
             if split_w is not None:
@@ -417,6 +418,13 @@ def _collect_group_decisions(
     return out
 
 
+def _sends_changed(before: FloatArray | None, now: FloatArray | None, rtol: float = 0.01) -> bool:
+    """Whether a job's ``send_bytes`` changed (by more than ``rtol`` of a value) since a plan was made."""
+    if before is None or now is None:
+        return (before is None) != (now is None)
+    return before.shape != now.shape or not np.allclose(before, now, rtol=rtol, atol=0.0)
+
+
 @dataclass
 class _JobPlan:
     plan: Plan
@@ -425,13 +433,15 @@ class _JobPlan:
     assumed_cover: npt.NDArray[np.bool_]  # (H,) whether the plan expected its site covered per epoch
     expected_w: FloatArray  # (S, H) headroom the plan expected, clipped to [0, job power]
     checkpoint_bytes: float = 0.0  # what ``costs`` were computed for (a group of parts may change)
+    send_bytes: FloatArray | None = None  # and the job's ``send_bytes`` then
 
 
 @dataclass
 class Lookahead:
     """Receding-horizon placement: plan over the forecast, apply the first step, re-plan.
 
-    Re-plans every ``replan_interval_s``, whenever the job is not where its plan expects it, when the
+    Re-plans every ``replan_interval_s``, whenever the job is not where its plan expects it, when what a
+    move of it would send changed (``JobView.send_bytes``: a destination's chunk cache), when the
     measured surplus at its site contradicts the plan's forecast for the current epoch, and when the
     headroom measured at any site differs from what the plan expected by more than ``surprise_fraction``
     of the job's power (a forecast surprise elsewhere may open a better move).
@@ -472,6 +482,10 @@ class Lookahead:
             return True
         k = entry.plan.epoch_index(now_s)
         if k < 0 or k >= entry.plan.sites.size or entry.plan.sites[k] != job.site:
+            return True
+        # What a move would send changed by more than a percent (a new checkpoint, a destination's chunk
+        # cache learnt): the plan priced its moves with other durations.
+        if _sends_changed(entry.send_bytes, job.send_bytes):
             return True
         # The plan counted on this epoch being covered (or not): re-plan if the measurement disagrees.
         headroom = view.headroom_w(job)
@@ -553,11 +567,16 @@ class Lookahead:
         headroom = self._trusted_forecast_w(view, job)[:, :h] - reserved[:, :h]
         headroom[:, 0] = view.headroom_w(job)
         cached = self._plans.get(job.job_id)
-        same_bytes = cached is not None and cached.checkpoint_bytes == job.checkpoint_bytes
+        same_bytes = (
+            cached is not None
+            and cached.checkpoint_bytes == job.checkpoint_bytes
+            and not _sends_changed(cached.send_bytes, job.send_bytes, rtol=0.0)
+        )
         costs = cached.costs if cached is not None and same_bytes else None
         if costs is None:
             bandwidth = view.bandwidth_bps if job.moves_whole else np.zeros_like(view.bandwidth_bps)
-            costs = migration_costs(job.checkpoint_bytes, bandwidth, job.params, view.epoch_s)
+            sent = job.checkpoint_bytes if job.send_bytes is None else job.bytes_between(view.n_sites)
+            costs = migration_costs(sent, bandwidth, job.params, view.epoch_s)
         split_w = self._split_cost_w.get(job.job_id)
         plan = plan_placement(
             job.site,
@@ -574,7 +593,8 @@ class Lookahead:
         epochs = np.flatnonzero(on_site)
         assumed[epochs] = headroom[plan.sites[epochs], epochs] >= job.power_w
         expected_w = np.clip(headroom, 0.0, job.power_w)
-        entry = _JobPlan(plan, now_s, costs, assumed, expected_w, job.checkpoint_bytes)
+        sends = None if job.send_bytes is None else np.array(job.send_bytes, dtype=np.float64)
+        entry = _JobPlan(plan, now_s, costs, assumed, expected_w, job.checkpoint_bytes, sends)
         self._plans[job.job_id] = entry
         self._reserve(reserved, now_s, job, view, 1.0)
         return entry

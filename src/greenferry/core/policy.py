@@ -105,6 +105,24 @@ class JobView:
     params: MigrationParams  # migration parameters with this job's power
     parts: PartsView | None = None  # None: one movable part, the whole job
     slots: int = 1  # GPU slots a move of the whole job needs at the destination
+    # (S,) bytes a move from ``site`` to each site would send: what that site's chunk cache lacks of the
+    # checkpoint, plus what changes between checkpoints. None: all of ``checkpoint_bytes`` to every site.
+    send_bytes: FloatArray | None = None
+
+    def bytes_to(self, n_sites: int) -> FloatArray:
+        """(S,) bytes a move from ``site`` to each site sends (all of ``checkpoint_bytes`` if unknown)."""
+        if self.send_bytes is None:
+            return np.full(n_sites, float(self.checkpoint_bytes))
+        return np.minimum(np.asarray(self.send_bytes, dtype=np.float64), float(self.checkpoint_bytes))
+
+    def bytes_between(self, n_sites: int) -> FloatArray:
+        """(S, S) bytes a move sends between every pair: ``bytes_to`` from ``site``, the whole elsewhere.
+
+        A plan's later hops start where no chunk cache is known, so they count the whole checkpoint.
+        """
+        out = np.full((n_sites, n_sites), float(self.checkpoint_bytes))
+        out[self.site] = self.bytes_to(n_sites)
+        return out
 
     @property
     def moves_whole(self) -> bool:
