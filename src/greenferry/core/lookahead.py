@@ -49,8 +49,7 @@ def migration_costs(
     epochs = np.where(allowed, np.maximum(1, np.ceil(t_mig / epoch_s - 1e-9)), 0).astype(np.int64)
     src = params.job_power_w * params.checkpoint_write_s + params.idle_power_src_w * t_transfer
     dst = params.job_power_w * params.restore_s + params.idle_power_dst_w * t_transfer
-    net = np.broadcast_to(params.network_energy_j_per_byte * np.asarray(checkpoint_bytes), t_transfer.shape)
-    net = np.array(net, dtype=np.float64)
+    net = np.full(t_transfer.shape, params.network_energy_j_per_byte * np.asarray(checkpoint_bytes))
     return MigrationCosts(epochs, src, dst, net, allowed)
 
 

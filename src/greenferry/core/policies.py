@@ -221,7 +221,7 @@ class FeasibilityAware:
             targets = _free_targets(view, job, free) & ~busy[here] & (window_s > 0)
             bw = np.where(targets, view.bandwidth_bps[here], 1.0)
             p = job.params
-            sent = job.bytes_to(view.n_sites)
+            sent = job.checkpoint_bytes if job.send_bytes is None else job.bytes_to(view.n_sites)
             t_mig = np.asarray(migration_time_s(sent, bw, p), dtype=np.float64)
             e_mig = np.asarray(migration_energy_j(sent, bw, p), dtype=np.float64)
             gain_j = job.power_w * (window_s - t_mig) - e_mig
